@@ -1,0 +1,12 @@
+"""mmseg-gate: Stable Diffusion features for MMSegmentation, with GATE's content-shift suppression.
+
+Importing the package registers :class:`GATEDiffusionBackbone` (and friends) in mmseg's registries,
+so configs only need ``custom_imports = dict(imports=['mmseg_gate'])``.
+"""
+from .checkpoint_compat import allow_mmengine_checkpoints
+from .models import GATE_TAPS, GATEDiffusionBackbone
+from .version import __version__
+
+allow_mmengine_checkpoints()
+
+__all__ = ['GATEDiffusionBackbone', 'GATE_TAPS', '__version__']

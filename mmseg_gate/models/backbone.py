@@ -1,0 +1,287 @@
+"""GATEDiffusionBackbone: frozen Stable Diffusion features, one pass per branch, amalgamated per level."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+from torch import nn
+
+from .amalgamation import Amalgamation
+from .branches import BranchSpec, adapter_name_for, load_lora_adapter, parse_branches
+from .conditions import build_condition
+from .stable_diffusion import (FrozenStableDiffusion, check_weights_location, find_modules, resolve_dtype,
+                               run_until_taps)
+
+#: outputs of the upsamplers of the first three up blocks (paper, Sec. 4): 1/32, 1/16, 1/8 for SD1.5
+GATE_TAPS = ('up_blocks.0.upsamplers.0', 'up_blocks.1.upsamplers.0', 'up_blocks.2.upsamplers.0')
+
+
+@MODELS.register_module()
+class GATEDiffusionBackbone(BaseModule):
+    """Stable Diffusion UNet features for segmentation, with GATE's content-shift suppression.
+
+    Input: images normalised by the data preprocessor; by default ``mean=std=127.5`` so they are
+    in [-1, 1] as SD expects (RGB: keep ``bgr_to_rgb=True``). Give the preprocessor's ``mean`` and
+    ``std`` here if it uses others (e.g. ImageNet statistics): the backbone undoes them.
+
+    Output: one feature map per tap, sorted high resolution first (1/8, 1/16, 1/32 for SD1.5's
+    GATE taps) as every mmseg backbone; ``out_channels`` gives the head's ``in_channels``.
+
+    Args:
+        pretrained: local diffusers folder or hub id of a Stable Diffusion model.
+        branches: list of dicts ``dict(name, prompt=None, loras=[dict(path, scale)],
+            controlnets=[dict(path, condition='canny', scale=1.0, condition_cfg={})])``.
+        prompt: default prompt of every branch without its own.
+        timestep: noise level t the UNet sees (the paper: 50).
+        taps: UNet module names whose outputs are the features.
+        dtype: 'fp32' | 'fp16' | 'bf16' for the frozen parts (fp32 on CPU).
+        noise: 'fixed' (seeded, same image -> same features; default) or 'random'.
+        noise_seed: seed of the fixed noise.
+        sample_posterior: sample the VAE posterior instead of taking its mode.
+        unet_input_size: (h, w) to resize every input to before SD (e.g. (512, 512) for large
+            Cityscapes crops); ``None`` pads to a valid size instead. Features are brought back to
+            the input's 1/stride grid either way.
+        mean, std: the data preprocessor's normalisation, undone here.
+        amalgamation: kwargs of :class:`Amalgamation`, or ``None`` to return a single branch's raw
+            features.
+        keep_text_encoder: keep CLIP after build so :meth:`encode_prompts` can encode new prompts.
+        hub_kwargs: extra ``from_pretrained`` kwargs (``revision``, ``local_files_only``, ...).
+    """
+
+    def __init__(self,
+                 pretrained: str,
+                 branches: Sequence[dict] = (dict(name='basic'),),
+                 prompt: str = '',
+                 timestep: int = 50,
+                 taps: Sequence[str] = GATE_TAPS,
+                 dtype: str = 'fp32',
+                 noise: str = 'fixed',
+                 noise_seed: int = 0,
+                 sample_posterior: bool = False,
+                 unet_input_size: Sequence[int] | None = None,
+                 mean: Sequence[float] = (127.5, 127.5, 127.5),
+                 std: Sequence[float] = (127.5, 127.5, 127.5),
+                 amalgamation: dict | None = dict(),
+                 keep_text_encoder: bool = False,
+                 hub_kwargs: dict | None = None,
+                 init_cfg: dict | None = None) -> None:
+        super().__init__(init_cfg)
+        if noise not in ('fixed', 'random'):
+            raise ValueError(f"noise={noise!r}: use 'fixed' (deterministic) or 'random'")
+        if not taps:
+            raise ValueError('taps is empty: name at least one UNet module, e.g. GATE_TAPS')
+        self.specs: list[BranchSpec] = parse_branches(branches, prompt)
+        self.timestep, self.noise, self.noise_seed = int(timestep), noise, int(noise_seed)
+        self.sample_posterior = sample_posterior
+        self._active_adapters: tuple | None = None  # unknown until the first switch
+        self.unet_input_size = tuple(unet_input_size) if unet_input_size else None
+        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+        sd = FrozenStableDiffusion(pretrained, resolve_dtype(dtype), **(hub_kwargs or {}))
+        if not 0 <= self.timestep < sd.scheduler.config.num_train_timesteps:
+            raise ValueError(f'timestep={timestep} is outside [0, {sd.scheduler.config.num_train_timesteps})')
+        self._load_adapters(sd)
+        self._encode_prompts(sd)
+        if not keep_text_encoder:
+            sd.release_text_encoder()
+        self._load_controlnets(sd, resolve_dtype(dtype), hub_kwargs or {})
+        # Not a registered submodule: frozen weights stay out of parameters(), state_dict(), the
+        # optimizer and DDP; _apply() below still moves them with the model.
+        object.__setattr__(self, 'sd', sd)
+        self.taps = tuple(taps)
+        self.tap_modules = find_modules(sd.unet, self.taps)
+        self.tap_channels, self.tap_strides = self._probe_taps()
+        self.level_order = sorted(range(len(self.taps)), key=lambda i: self.tap_strides[i])
+        in_channels = [self.tap_channels[i] for i in self.level_order]
+        self.strides = [self.tap_strides[i] for i in self.level_order]
+
+        if amalgamation is None:
+            if len(self.specs) > 1:
+                raise ValueError(f'amalgamation=None needs exactly one branch, got {len(self.specs)}')
+            self.amalgamation = None
+            self.out_channels = in_channels
+        else:
+            self.amalgamation = Amalgamation(in_channels, len(self.specs), **amalgamation)
+            self.out_channels = self.amalgamation.out_channels
+
+    # ----------------------------------------------------------------- build helpers
+    def _load_adapters(self, sd: FrozenStableDiffusion) -> None:
+        self.adapter_names: dict[str, str] = {}
+        self.adapter_targets: dict[str, dict[str, bool]] = {}
+        for spec in self.specs:
+            for lora in spec.loras:
+                if lora.path in self.adapter_names:
+                    continue
+                name = adapter_name_for(lora.path, self.adapter_names)
+                self.adapter_targets[name] = load_lora_adapter(sd.unet, sd.text_encoder, lora.path, name)
+                print_log(f'LoRA {lora.path} -> adapter {name!r} ({self.adapter_targets[name]})', 'current')
+        sd.requires_grad_(False)  # peft creates trainable adapter weights; they are frozen here
+
+    def _adapters(self, spec: BranchSpec, target: str) -> tuple[list[str], list[float]]:
+        names, scales = [], []
+        for lora in spec.loras:
+            name = self.adapter_names[lora.path]
+            if self.adapter_targets[name][target]:
+                names.append(name)
+                scales.append(lora.scale)
+        return names, scales
+
+    def _encode_prompts(self, sd: FrozenStableDiffusion) -> None:
+        """One CLIP pass per distinct (prompt, text-encoder adapters); cached as non-persistent buffers."""
+        from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
+        keys: dict[tuple, int] = {}
+        self.branch_prompt: list[int] = []
+        te_has_adapters = any(t['text_encoder'] for t in self.adapter_targets.values())
+        for spec in self.specs:
+            names, scales = self._adapters(spec, 'text_encoder')
+            key = (spec.prompt, tuple(names), tuple(scales))
+            if key not in keys:
+                if names:
+                    set_adapter_layers(sd.text_encoder, enabled=True)
+                    set_weights_and_activate_adapters(sd.text_encoder, names, scales)
+                elif te_has_adapters:
+                    set_adapter_layers(sd.text_encoder, enabled=False)
+                keys[key] = len(keys)
+                self.register_buffer(f'prompt_embeds_{keys[key]}', sd.encode_prompt(spec.prompt).float(),
+                                     persistent=False)
+            self.branch_prompt.append(keys[key])
+
+    def _load_controlnets(self, sd: FrozenStableDiffusion, dtype: torch.dtype, hub_kwargs: dict) -> None:
+        from diffusers import ControlNetModel
+        paths = list(dict.fromkeys(c.path for s in self.specs for c in s.controlnets))
+        self.controlnet_index = {p: str(i) for i, p in enumerate(paths)}
+        sd.controlnets = nn.ModuleDict()
+        for path, key in self.controlnet_index.items():
+            check_weights_location(path, 'ControlNet')
+            net = ControlNetModel.from_pretrained(path, torch_dtype=dtype, **hub_kwargs)
+            if net.config.cross_attention_dim != sd.unet.config.cross_attention_dim:
+                raise ValueError(f'ControlNet {path!r} is for cross_attention_dim={net.config.cross_attention_dim}, '
+                                 f'the UNet has {sd.unet.config.cross_attention_dim}: use a ControlNet made for '
+                                 'this base model')
+            sd.controlnets[key] = net.requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def _probe_taps(self) -> tuple[list[int], list[int]]:
+        """One tiny UNet pass to learn each tap's channels and stride (relative to the image)."""
+        size = self.sd.unet_scale_factor * 2
+        latents = torch.zeros(1, self.sd.unet.config.in_channels, size, size, dtype=self.sd.dtype)
+        self._set_unet_adapters(())
+        outs = run_until_taps(self.sd.unet, self.tap_modules, latents, self.timestep,
+                              encoder_hidden_states=self.prompt_embeds(0).to(self.sd.dtype), return_dict=False)
+        for name, out in zip(self.taps, outs):
+            if out.ndim != 4:
+                raise ValueError(f'tap {name!r} gives a {out.ndim}-d tensor; taps must give [B, C, h, w] maps')
+        return ([o.shape[1] for o in outs],
+                [self.sd.vae_scale_factor * size // o.shape[-1] for o in outs])
+
+    # ----------------------------------------------------------------- nn.Module plumbing
+    def _apply(self, fn, recurse: bool = True):
+        self.sd._apply(fn)  # device/dtype moves reach the hidden frozen stack too
+        return super()._apply(fn, recurse)
+
+    def frozen_modules(self) -> FrozenStableDiffusion:
+        """The frozen SD stack (VAE, UNet with adapters, ControlNets)."""
+        return self.sd
+
+    def extra_repr(self) -> str:
+        return (f'pretrained={self.sd.pretrained!r}, branches={[s.name for s in self.specs]}, taps={self.taps}, '
+                f'timestep={self.timestep}, frozen dtype={self.sd.dtype}')
+
+    def prompt_embeds(self, index: int) -> torch.Tensor:
+        return getattr(self, f'prompt_embeds_{index}')
+
+    # ----------------------------------------------------------------- forward
+    def _set_unet_adapters(self, key: tuple) -> None:
+        """Switch the shared UNet to the adapters ``key`` = ((name, scale), ...); no-op if already set."""
+        if key == self._active_adapters or not self.adapter_names:
+            self._active_adapters = key
+            return
+        unet = self.sd.unet
+        if key:
+            unet.enable_lora()
+            unet.set_adapters([n for n, _ in key], weights=[s for _, s in key])
+        else:
+            unet.disable_lora()
+        self._active_adapters = key
+
+    def _prepare(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised input -> (SD input in [-1, 1], 0..255 pixels), padded or resized to a valid size."""
+        if img.ndim != 4 or img.shape[1] != 3:
+            raise ValueError(f'GATEDiffusionBackbone expects [B, 3, H, W] RGB images, got shape '
+                             f'{tuple(img.shape)}; convert grey/RGBA inputs to 3 channels in the pipeline')
+        pixels = img.float() * self.std + self.mean
+        if self.unet_input_size is not None:
+            pixels = F.interpolate(pixels, size=self.unet_input_size, mode='bilinear', align_corners=False)
+        else:
+            m = self.sd.pad_multiple
+            h, w = pixels.shape[-2:]
+            pad = (0, -w % m, 0, -h % m)
+            if any(pad):
+                pixels = F.pad(pixels, pad, mode='replicate')
+        return pixels / 127.5 - 1.0, pixels
+
+    def _noise(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.noise == 'random':
+            return torch.randn_like(latents)
+        # one fixed pattern shared by the batch, made on the CPU: identical on every device and
+        # independent of the batch position, so the same image always gives the same features
+        g = torch.Generator().manual_seed(self.noise_seed)
+        return torch.randn((1, *latents.shape[1:]), generator=g).to(latents).expand_as(latents)
+
+    @torch.no_grad()
+    def extract(self, img: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Raw SD features: ``out[level][branch]`` as float32 ``[B, C, ceil(H/s), ceil(W/s)]``."""
+        sd = self.sd
+        b, _, h, w = img.shape
+        x, pixels = self._prepare(img)
+        generator = torch.Generator().manual_seed(self.noise_seed) if self.noise == 'fixed' else None
+        if self.sample_posterior and generator is not None:
+            generator = torch.Generator(x.device).manual_seed(self.noise_seed)
+        latents = sd.encode_images(x, self.sample_posterior, generator)
+        noisy = sd.add_noise(latents, self._noise(latents), self.timestep)
+        t = torch.tensor(self.timestep, device=noisy.device)
+
+        conditions: dict[tuple, torch.Tensor] = {}
+        residuals: dict[tuple, tuple] = {}
+        per_level: list[list[torch.Tensor]] = [[] for _ in self.taps]
+        for spec, prompt_index in zip(self.specs, self.branch_prompt):
+            emb = self.prompt_embeds(prompt_index).to(sd.dtype).expand(b, -1, -1)
+            down, mid = None, None
+            for net in spec.controlnets:
+                key = (net.path, net.condition_key, net.scale, prompt_index)
+                if key not in residuals:
+                    if net.condition_key not in conditions:
+                        conditions[net.condition_key] = build_condition(net.condition, pixels,
+                                                                        **dict(net.condition_cfg))
+                    residuals[key] = sd.controlnets[self.controlnet_index[net.path]](
+                        noisy, t, encoder_hidden_states=emb, controlnet_cond=conditions[net.condition_key].to(sd.dtype),
+                        conditioning_scale=net.scale, return_dict=False)
+                d, m = residuals[key]
+                down = list(d) if down is None else [a + r for a, r in zip(down, d)]  # MultiControlNet: sum
+                mid = m if mid is None else mid + m
+            self._set_unet_adapters(tuple((self.adapter_names[l.path], l.scale) for l in spec.loras
+                                          if self.adapter_targets[self.adapter_names[l.path]]['unet']))
+            outs = run_until_taps(sd.unet, self.tap_modules, noisy, t, encoder_hidden_states=emb,
+                                  down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                                  return_dict=False)
+            for level, i in enumerate(self.level_order):
+                per_level[level].append(self._to_input_grid(outs[i].float(), h, w, self.tap_strides[i]))
+        return per_level
+
+    def _to_input_grid(self, feat: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
+        size = (math.ceil(h / stride), math.ceil(w / stride))
+        if self.unet_input_size is not None:
+            return F.interpolate(feat, size=size, mode='bilinear', align_corners=False)
+        return feat[..., :size[0], :size[1]]
+
+    def forward(self, img: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.extract(img)
+        if self.amalgamation is None:
+            return [level[0] for level in feats]
+        return self.amalgamation(feats)

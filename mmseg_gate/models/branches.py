@@ -1,0 +1,146 @@
+"""What a branch is (prompt, LoRA adapters, ControlNets) and how its adapters are loaded.
+
+A branch never owns weights: LoRA files become named peft adapters on the one shared UNet (and
+text encoder, for the files that carry text-encoder layers), and ControlNets are loaded once per
+path by the backbone.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+from .conditions import CONDITIONS
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    path: str
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class ControlNetSpec:
+    path: str
+    condition: str = 'canny'
+    scale: float = 1.0
+    condition_cfg: tuple = ()  # sorted (key, value) pairs, hashable so identical conditions are shared
+
+    @property
+    def condition_key(self) -> tuple:
+        return (self.condition, self.condition_cfg)
+
+
+@dataclass(frozen=True)
+class BranchSpec:
+    name: str
+    prompt: str
+    loras: tuple[LoraSpec, ...] = ()
+    controlnets: tuple[ControlNetSpec, ...] = ()
+
+    @property
+    def adapter_key(self) -> tuple:
+        return tuple((lora.path, lora.scale) for lora in self.loras)
+
+
+def _take(cfg: dict, allowed: Sequence[str], what: str) -> dict:
+    unknown = set(cfg) - set(allowed)
+    if unknown:
+        raise ValueError(f'{what}: unknown keys {sorted(unknown)}; allowed keys are {list(allowed)}')
+    return cfg
+
+
+def parse_branches(branches: Sequence[dict], default_prompt: str) -> list[BranchSpec]:
+    """Validate the ``branches`` config list and turn it into :class:`BranchSpec` objects."""
+    if not branches:
+        raise ValueError('branches is empty: give at least one, e.g. branches=[dict(name="basic")]')
+    specs, seen = [], set()
+    for i, cfg in enumerate(branches):
+        cfg = dict(cfg)
+        name = cfg.get('name', f'branch{i}')
+        _take(cfg, ('name', 'prompt', 'loras', 'controlnets'), f'branch {name!r}')
+        if name in seen:
+            raise ValueError(f'duplicate branch name {name!r}: branch names must be unique')
+        seen.add(name)
+        loras = []
+        for lora in cfg.get('loras', ()):
+            lora = _take(dict(lora), ('path', 'scale'), f'branch {name!r} lora')
+            if 'path' not in lora:
+                raise ValueError(f'branch {name!r}: every lora needs a path, got {lora}')
+            loras.append(LoraSpec(str(lora['path']), float(lora.get('scale', 1.0))))
+        nets = []
+        for net in cfg.get('controlnets', ()):
+            net = _take(dict(net), ('path', 'condition', 'scale', 'condition_cfg'), f'branch {name!r} controlnet')
+            if 'path' not in net:
+                raise ValueError(f'branch {name!r}: every controlnet needs a path, got {net}')
+            condition = net.get('condition', 'canny')
+            if condition not in CONDITIONS:
+                raise ValueError(f'branch {name!r}: unknown condition type {condition!r}; use one of '
+                                 f'{sorted(CONDITIONS)}')
+            nets.append(ControlNetSpec(str(net['path']), condition, float(net.get('scale', 1.0)),
+                                       tuple(sorted(dict(net.get('condition_cfg', {})).items()))))
+        prompt = cfg.get('prompt')
+        specs.append(BranchSpec(name, default_prompt if prompt is None else prompt, tuple(loras), tuple(nets)))
+    return specs
+
+
+def load_lora_adapter(unet: nn.Module, text_encoder: nn.Module | None, path: str,
+                      adapter_name: str) -> dict[str, bool]:
+    """Load one LoRA file (diffusers, peft, kohya or LyCORIS LoCon format) as a named adapter.
+
+    Returns which models received layers. Raises if the file is missing, holds no Stable
+    Diffusion LoRA layers, or names layers the UNet does not have (wrong base model).
+    """
+    from diffusers import StableDiffusionPipeline
+    if not Path(os.path.expanduser(path)).is_file():
+        raise FileNotFoundError(f'LoRA file {path!r} not found: check the path in the branch config '
+                                '(e.g. --cfg-options lora_a=...)')
+    state_dict, alphas, metadata = StableDiffusionPipeline.lora_state_dict(
+        os.path.expanduser(path), return_lora_metadata=True)
+    unet_down = {k for k in state_dict if k.startswith('unet.') and ('lora_A' in k or '.down.' in k)}
+    te_down = {k for k in state_dict if k.startswith('text_encoder.') and ('lora_A' in k or '.down.' in k)}
+    if not unet_down and not te_down:
+        raise ValueError(f'LoRA file {path!r} has no Stable Diffusion UNet or text-encoder layers '
+                         f'(first keys: {list(state_dict)[:3]}); is it a LoRA for this model?')
+    try:
+        if unet_down:
+            StableDiffusionPipeline.load_lora_into_unet(state_dict, alphas, unet, adapter_name=adapter_name,
+                                                        metadata=metadata)
+        if te_down and text_encoder is not None:
+            StableDiffusionPipeline.load_lora_into_text_encoder(state_dict, alphas, text_encoder,
+                                                                adapter_name=adapter_name, metadata=metadata)
+    except Exception as err:  # peft/diffusers raise many types; say which file and model
+        raise ValueError(f'LoRA file {path!r} does not match this Stable Diffusion model '
+                         f'({type(err).__name__}: {str(err)[:500]}). Use a LoRA trained for the same base model.'
+                         ) from err
+    loaded = sum(1 for m in unet.modules() if adapter_name in getattr(m, 'lora_A', {}))
+    if unet_down and loaded != len(unet_down):
+        raise ValueError(f'LoRA file {path!r}: only {loaded} of its {len(unet_down)} UNet layers match this '
+                         'UNet; the file was made for another base model')
+    return {'unet': bool(unet_down), 'text_encoder': bool(te_down and text_encoder is not None)}
+
+
+def adapter_name_for(path: str, taken: dict[str, str]) -> str:
+    """A readable, unique peft adapter name for a LoRA file (file stem, de-duplicated)."""
+    if path in taken:
+        return taken[path]
+    stem = ''.join(c if c.isalnum() else '_' for c in Path(path).stem) or 'lora'
+    name, k = stem, 1
+    while name in taken.values():
+        k += 1
+        name = f'{stem}_{k}'
+    taken[path] = name
+    return name
+
+
+def describe(spec: BranchSpec) -> dict[str, Any]:
+    """A plain-dict summary of a branch, for logs and the README."""
+    return {'name': spec.name, 'prompt': spec.prompt, 'loras': [l.__dict__ for l in spec.loras],
+            'controlnets': [dict(path=c.path, condition=c.condition, scale=c.scale) for c in spec.controlnets]}
+
+
+__all__ = ['LoraSpec', 'ControlNetSpec', 'BranchSpec', 'parse_branches', 'load_lora_adapter', 'adapter_name_for',
+           'describe']

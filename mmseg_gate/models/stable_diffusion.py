@@ -1,0 +1,154 @@
+"""The frozen Stable Diffusion stack: load once, encode once, run the UNet only as far as needed."""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f'dtype={dtype!r} is not supported: use one of {sorted(DTYPES)} '
+                         '(fp32 on CPU; bf16 or fp16 on GPU)')
+    return DTYPES[dtype]
+
+
+def check_weights_location(path: str, what: str, subfolders: Sequence[str] = ()) -> None:
+    """Fail before diffusers does, with a message that says what to download and where.
+
+    A string that is not an existing path but looks like ``owner/name`` is taken as a hub id and
+    left to ``from_pretrained`` (which uses the local cache when offline).
+    """
+    p = Path(os.path.expanduser(str(path)))
+    looks_like_hub_id = str(path).count('/') == 1 and not str(path).startswith(('.', '/', '~')) and not p.exists()
+    if looks_like_hub_id:
+        return
+    if not p.exists():
+        raise FileNotFoundError(
+            f'{what} not found at {str(path)!r}. Download it (e.g. `huggingface-cli download <repo> '
+            f'--local-dir {path}`) or point the config at the right folder (e.g. with '
+            f'--cfg-options); tiny test weights come from `python tools/make_tiny_sd.py`.')
+    missing = [s for s in subfolders if not (p / s).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f'{what} at {str(path)!r} is not a diffusers folder: missing {missing}. Use the '
+            'diffusers layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).')
+
+
+class _TapsComplete(Exception):
+    """Raised by the last tap's hook to stop the UNet forward early."""
+
+
+def find_modules(model: nn.Module, names: Sequence[str], what: str = 'UNet') -> list[nn.Module]:
+    """Look modules up by dotted name; an unknown name fails with the closest valid names."""
+    modules = dict(model.named_modules())
+    found = []
+    for name in names:
+        if name not in modules:
+            close = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.6)
+            raise KeyError(f'tap {name!r} is not a module of the {what}; close matches: {close}. '
+                           "SD1.5's GATE taps are 'up_blocks.{0,1,2}.upsamplers.0'.")
+        found.append(modules[name])
+    return found
+
+
+def run_until_taps(model: nn.Module, tap_modules: Sequence[nn.Module], *args, **kwargs) -> list[torch.Tensor]:
+    """Call ``model(*args, **kwargs)`` and return the outputs of ``tap_modules``.
+
+    The forward stops right after the last of them has run, so nothing deeper is computed; the
+    captured tensors are exactly those that forward hooks on a full forward would see.
+    """
+    captured: dict[int, torch.Tensor] = {}
+
+    def hook(index: int):
+        def fn(module, inputs, output):
+            captured[index] = output[0] if isinstance(output, (tuple, list)) else output
+            if len(captured) == len(tap_modules):
+                raise _TapsComplete
+        return fn
+
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(tap_modules)]
+    try:
+        model(*args, **kwargs)
+    except _TapsComplete:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if len(captured) != len(tap_modules):
+        raise RuntimeError('some taps never ran during the UNet forward; choose modules the forward calls')
+    return [captured[i] for i in range(len(tap_modules))]
+
+
+class FrozenStableDiffusion(nn.Module):
+    """VAE encoder, UNet, noise scheduler and text encoding of one SD checkpoint, all frozen.
+
+    The text encoder is only needed for the prompts: :meth:`encode_prompt` runs it and
+    :meth:`release_text_encoder` frees it once the prompts are cached.
+    """
+
+    def __init__(self, pretrained: str, dtype: torch.dtype = torch.float32, **hub_kwargs) -> None:
+        super().__init__()
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+        check_weights_location(pretrained, 'Stable Diffusion model', ('unet', 'vae', 'text_encoder', 'tokenizer'))
+        self.pretrained = pretrained
+        load = dict(torch_dtype=dtype, **hub_kwargs)
+        self.vae = AutoencoderKL.from_pretrained(pretrained, subfolder='vae', **load)
+        self.vae.decoder = None  # features need the encoder only
+        self.unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder='unet', **load)
+        self.text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder='text_encoder', **load)
+        self.tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder='tokenizer', **hub_kwargs)
+        # add_noise only needs the betas; DDPM's formula is shared by SD's PNDM/DDIM/Euler configs
+        self.scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder='scheduler', **hub_kwargs)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.unet_scale_factor = 2 ** (len(self.unet.config.down_block_types) - 1)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> 'FrozenStableDiffusion':
+        return super().train(False)  # frozen parts stay in eval mode whatever the model does
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def pad_multiple(self) -> int:
+        """Image sides must be multiples of this for the UNet's skip connections to line up."""
+        return self.vae_scale_factor * self.unet_scale_factor
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """CLIP last hidden state ``[1, 77, D]`` of ``prompt`` (as StableDiffusionPipeline, no CFG)."""
+        if self.text_encoder is None:
+            raise RuntimeError('the text encoder was released; build the backbone with keep_text_encoder=True '
+                               'to encode prompts after construction')
+        ids = self.tokenizer(prompt, padding='max_length', max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors='pt').input_ids
+        device = next(self.text_encoder.parameters()).device
+        return self.text_encoder(ids.to(device))[0]
+
+    def release_text_encoder(self) -> None:
+        self.text_encoder = None
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, sample_posterior: bool = False,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [-1, 1] -> scaled latents (posterior mode unless ``sample_posterior``)."""
+        dist = self.vae.encode(images.to(self.dtype)).latent_dist
+        latents = dist.sample(generator) if sample_posterior else dist.mode()
+        return latents * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        t = torch.full((latents.shape[0],), timestep, dtype=torch.long, device=latents.device)
+        return self.scheduler.add_noise(latents, noise.to(latents), t)

@@ -1,0 +1,185 @@
+"""Write tiny Stable-Diffusion-shaped weights in the standard diffusers layout.
+
+Everything is random but deterministic (seeded), made offline in seconds, and
+saved exactly as real downloads are laid out, so tests and the demo exercise the
+same loading code as real weights:
+
+    DIR/sd/                 diffusers pipeline folder with SD1.5's block structure
+    DIR/sd2/                SD2-shaped variant (linear projections, wider text states)
+    DIR/controlnet-canny/   ControlNetModel made from DIR/sd's UNet
+    DIR/lora/a.safetensors  diffusers/peft format (UNet attention layers)
+    DIR/lora/b.safetensors  kohya/LyCORIS LoCon format (UNet attention + resnet convs + text encoder)
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+#: A tiny SD1.5: same block types and depth, widths cut down (~2M UNet params).
+TINY_UNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64, 64, 64),
+    layers_per_block=1,
+    down_block_types=('CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'DownBlock2D'),
+    up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+TINY_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(32, 32, 64, 64),  # 4 blocks -> 8x down-sampling, as SD's VAE
+    down_block_types=('DownEncoderBlock2D',) * 4,
+    up_block_types=('UpDecoderBlock2D',) * 4,
+    layers_per_block=1,
+    norm_num_groups=32,
+    sample_size=64,
+)
+TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=77, hidden_act='quick_gelu', projection_dim=32)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character table."""
+    bs = list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) + list(range(ord('®'), ord('ÿ') + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _save_tokenizer(path: Path) -> int:
+    """A byte-level CLIP BPE vocabulary generated locally (no merges): every text tokenizes."""
+    from transformers import CLIPTokenizer
+    chars = list(_bytes_to_unicode().values())
+    vocab = {'<|startoftext|>': 0, '<|endoftext|>': 1}
+    for token in chars + [c + '</w>' for c in chars]:
+        vocab[token] = len(vocab)
+    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    tok.save_pretrained(str(path))
+    return len(vocab)
+
+
+def _randomize_(module: torch.nn.Module, names: tuple[str, ...], std: float = 0.05) -> None:
+    """ControlNet's zero convolutions start at zero; randomise them so its residuals are non-zero."""
+    for name, p in module.named_parameters():
+        if any(name.startswith(n) for n in names):
+            torch.nn.init.normal_(p, std=std)
+
+
+def _save_pipeline(out: Path, unet_cfg: dict, text_cfg: dict, seed: int) -> None:
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    vocab_size = _save_tokenizer(out / 'tokenizer')
+    from transformers import CLIPTokenizer
+    tokenizer = CLIPTokenizer.from_pretrained(str(out / 'tokenizer'))
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1,
+                                                pad_token_id=1, **text_cfg))
+    pipe = StableDiffusionPipeline(
+        unet=UNet2DConditionModel(**unet_cfg),
+        vae=AutoencoderKL(**TINY_VAE),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        # SD1.5's scheduler configuration
+        scheduler=PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear',
+                                num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(out))
+
+
+def _save_controlnet(sd: Path, out: Path, seed: int) -> None:
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(str(sd), subfolder='unet')
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 32))
+    _randomize_(net, ('controlnet_down_blocks', 'controlnet_mid_block', 'controlnet_cond_embedding.conv_out'))
+    net.save_pretrained(str(out))
+
+
+def _lora_targets(model: torch.nn.Module, suffixes: tuple[str, ...]) -> dict[str, torch.nn.Module]:
+    return {n: m for n, m in model.named_modules()
+            if n.endswith(suffixes) and isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+
+
+def _save_lora_diffusers(sd: Path, path: Path, seed: int, rank: int = 4, alpha: float = 8.0) -> None:
+    """diffusers/peft format, as written by ``save_lora_weights`` (alpha kept in the metadata)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(str(sd), subfolder='unet')
+    # init_lora_weights=False: lora_B random, not zero, so a test can tell whether it loaded
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=False,
+                        target_modules=['to_q', 'to_k', 'to_v', 'to_out.0'])
+    unet.add_adapter(config)
+    StableDiffusionPipeline.save_lora_weights(
+        str(path.parent), unet_lora_layers=get_peft_model_state_dict(unet),
+        unet_lora_adapter_metadata=config.to_dict(), weight_name=path.name, safe_serialization=True)
+
+
+def _save_lora_kohya(sd: Path, path: Path, seed: int, rank: int = 4, alpha: float = 2.0) -> None:
+    """kohya/LyCORIS LoCon key format: ``lora_unet_<module_path>.{lora_down,lora_up}.weight`` + ``.alpha``.
+
+    Like the paper's adapters it covers attention projections, resnet convolutions (3x3 'LoCon'
+    down-projections) and the text encoder.
+    """
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+    g = torch.Generator().manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(str(sd), subfolder='unet')
+    text = CLIPTextModel.from_pretrained(str(sd), subfolder='text_encoder')
+    tensors: dict[str, torch.Tensor] = {}
+
+    def add(prefix: str, name: str, module: torch.nn.Module) -> None:
+        key = prefix + name.replace('.', '_')
+        if isinstance(module, torch.nn.Conv2d):
+            down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=g)
+            up = torch.randn(module.out_channels, rank, 1, 1, generator=g)
+        else:
+            down = torch.randn(rank, module.in_features, generator=g)
+            up = torch.randn(module.out_features, rank, generator=g)
+        tensors[key + '.lora_down.weight'] = down / down[0].numel() ** 0.5
+        tensors[key + '.lora_up.weight'] = up * 0.2
+        tensors[key + '.alpha'] = torch.tensor(alpha)
+
+    for name, module in _lora_targets(unet, ('to_q', 'to_k', 'to_v', 'to_out.0', 'conv1', 'conv2')).items():
+        add('lora_unet_', name, module)
+    for name, module in _lora_targets(text, ('q_proj', 'k_proj', 'v_proj', 'out_proj')).items():
+        # kohya names text-encoder layers after transformers 4.x's CLIPTextModel ('text_model.' prefix)
+        add('lora_te_', 'text_model.' + name.removeprefix('text_model.'), module)
+    save_file(tensors, str(path), metadata={'ss_network_module': 'lycoris.kohya', 'ss_network_dim': str(rank),
+                                            'ss_network_alpha': str(alpha)})
+
+
+def make_tiny_sd(out: str | os.PathLike, sd2: bool = True, overwrite: bool = False) -> Path:
+    """Write all tiny assets under ``out`` (skipped when already complete) and return ``out``."""
+    out = Path(out)
+    done = out / '.complete'
+    if done.exists() and not overwrite:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    _save_pipeline(out / 'sd', TINY_UNET, TINY_TEXT, seed=0)
+    _save_controlnet(out / 'sd', out / 'controlnet-canny', seed=1)
+    (out / 'lora').mkdir(exist_ok=True)
+    _save_lora_diffusers(out / 'sd', out / 'lora' / 'a.safetensors', seed=2)
+    _save_lora_kohya(out / 'sd', out / 'lora' / 'b.safetensors', seed=3)
+    if sd2:
+        # SD2: linear projections in the transformers, wider text states, per-level head counts
+        unet2 = dict(TINY_UNET, cross_attention_dim=64, use_linear_projection=True, attention_head_dim=(2, 4, 8, 8))
+        _save_pipeline(out / 'sd2', unet2, dict(TINY_TEXT, hidden_size=64, intermediate_size=128), seed=4)
+    done.write_text(json.dumps({'sd2': sd2}))
+    return out

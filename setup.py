@@ -1,0 +1,16 @@
+from setuptools import find_packages, setup
+
+setup(
+    name='mmseg-gate',
+    version='0.1.0',
+    description='Stable Diffusion features for MMSegmentation with GATE content-shift suppression',
+    packages=find_packages(include=['mmseg_gate', 'mmseg_gate.*']),
+    python_requires='>=3.10',
+    # torch and mmcv (built from source, see README) are installed first by `make install`
+    install_requires=[
+        'torch>=2.1', 'mmcv>=2.0.0,<2.2.0', 'mmengine>=0.10', 'mmsegmentation>=1.2',
+        'diffusers>=0.32', 'transformers>=4.40', 'peft>=0.13', 'accelerate', 'safetensors',
+        'opencv-python-headless', 'ftfy', 'regex', 'tokenizers',
+    ],
+    extras_require={'dev': ['pytest', 'pytest-timeout', 'cityscapesscripts']},
+)
