@@ -91,6 +91,7 @@ class GATEDiffusionBackbone(BaseModule):
         if not keep_text_encoder:
             sd.release_text_encoder()
         self._load_controlnets(sd, resolve_dtype(dtype), hub_kwargs or {})
+        sd.requires_grad_(False).eval()  # again: peft adapters and ControlNets arrived after __init__
         # Not a registered submodule: frozen weights stay out of parameters(), state_dict(), the
         # optimizer and DDP; _apply() below still moves them with the model.
         object.__setattr__(self, 'sd', sd)
@@ -121,7 +122,7 @@ class GATEDiffusionBackbone(BaseModule):
                 name = adapter_name_for(lora.path, self.adapter_names)
                 self.adapter_targets[name] = load_lora_adapter(sd.unet, sd.text_encoder, lora.path, name)
                 print_log(f'LoRA {lora.path} -> adapter {name!r} ({self.adapter_targets[name]})', 'current')
-        sd.requires_grad_(False)  # peft creates trainable adapter weights; they are frozen here
+        self._lora_params = [p for n, p in sd.unet.named_parameters() if 'lora_' in n]
 
     def _adapters(self, spec: BranchSpec, target: str) -> tuple[list[str], list[float]]:
         names, scales = [], []
@@ -208,6 +209,8 @@ class GATEDiffusionBackbone(BaseModule):
             unet.set_adapters([n for n, _ in key], weights=[s for _, s in key])
         else:
             unet.disable_lora()
+        for p in self._lora_params:  # peft marks active adapters trainable; they are frozen here
+            p.requires_grad_(False)
         self._active_adapters = key
 
     def _prepare(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,7 @@ path by the backbone.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,12 +107,13 @@ def load_lora_adapter(unet: nn.Module, text_encoder: nn.Module | None, path: str
         raise ValueError(f'LoRA file {path!r} has no Stable Diffusion UNet or text-encoder layers '
                          f'(first keys: {list(state_dict)[:3]}); is it a LoRA for this model?')
     try:
-        if unet_down:
-            StableDiffusionPipeline.load_lora_into_unet(state_dict, alphas, unet, adapter_name=adapter_name,
-                                                        metadata=metadata)
-        if te_down and text_encoder is not None:
-            StableDiffusionPipeline.load_lora_into_text_encoder(state_dict, alphas, text_encoder,
-                                                                adapter_name=adapter_name, metadata=metadata)
+        with _quiet_loaders():
+            if unet_down:
+                StableDiffusionPipeline.load_lora_into_unet(state_dict, alphas, unet, adapter_name=adapter_name,
+                                                            metadata=metadata)
+            if te_down and text_encoder is not None:
+                StableDiffusionPipeline.load_lora_into_text_encoder(state_dict, alphas, text_encoder,
+                                                                    adapter_name=adapter_name, metadata=metadata)
     except Exception as err:  # peft/diffusers raise many types; say which file and model
         raise ValueError(f'LoRA file {path!r} does not match this Stable Diffusion model '
                          f'({type(err).__name__}: {str(err)[:500]}). Use a LoRA trained for the same base model.'
@@ -121,6 +123,22 @@ def load_lora_adapter(unet: nn.Module, text_encoder: nn.Module | None, path: str
         raise ValueError(f'LoRA file {path!r}: only {loaded} of its {len(unet_down)} UNet layers match this '
                          'UNet; the file was made for another base model')
     return {'unet': bool(unet_down), 'text_encoder': bool(te_down and text_encoder is not None)}
+
+
+@contextlib.contextmanager
+def _quiet_loaders():
+    """Silence diffusers/transformers reports that are spurious here ("missing keys" of the *other*
+    adapters, base weights "MISSING" from an adapter-only file): loading is verified right after."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(levels[0])
+        tlog.set_verbosity(levels[1])
 
 
 def adapter_name_for(path: str, taken: dict[str, str]) -> str:
