@@ -20,8 +20,8 @@ $(VENV)/.installed: setup.py requirements.txt
 	$(PY) -c "import mmcv.ops" 2>/dev/null || MMCV_WITH_OPS=1 MAX_JOBS=2 $(PIP) install --no-build-isolation mmcv==2.1.0
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-build-isolation -e ".[dev]"
-	# torch itself wants a recent setuptools back (torch.utils.cpp_extension)
-	$(PIP) install -q "setuptools>=77"
+	# torch wants setuptools>=77; mmengine's `mmseg::` config lookup still imports pkg_resources (gone in 81)
+	$(PIP) install -q "setuptools>=77,<81"
 	touch $@
 
 test: install

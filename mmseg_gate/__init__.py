@@ -4,9 +4,10 @@ Importing the package registers :class:`GATEDiffusionBackbone` (and friends) in 
 so configs only need ``custom_imports = dict(imports=['mmseg_gate'])``.
 """
 from .checkpoint_compat import allow_mmengine_checkpoints
+from .engine import GATECheckHook, check_head_channels
 from .models import GATE_TAPS, GATEDiffusionBackbone
 from .version import __version__
 
 allow_mmengine_checkpoints()
 
-__all__ = ['GATEDiffusionBackbone', 'GATE_TAPS', '__version__']
+__all__ = ['GATEDiffusionBackbone', 'GATE_TAPS', 'GATECheckHook', 'check_head_channels', '__version__']

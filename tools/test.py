@@ -1,0 +1,74 @@
+"""Test (and evaluate) a segmentor: mmseg's tools/test.py plus config-variable overrides, checks and
+``--format-only DIR`` for test-server submissions.
+
+Same flags as mmseg's: CONFIG CHECKPOINT [--work-dir] [--out DIR] [--show] [--show-dir DIR]
+[--wait-time S] [--cfg-options k=v ...] [--launcher ...] [--tta].
+"""
+import argparse
+import os
+import os.path as osp
+
+import mmseg_gate  # noqa: F401  (registers the backbone; lets torch>=2.6 load Runner checkpoints)
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+from mmseg_gate.engine import apply_cfg_options, check_data_roots
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='MMSeg test (and eval) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where the metric results are dumped as json')
+    parser.add_argument('--out', type=str, help='directory to save output predictions for offline evaluation')
+    parser.add_argument('--format-only', metavar='DIR',
+                        help='write test-server files to DIR and skip evaluation (no ground truth needed)')
+    parser.add_argument('--show', action='store_true', help='show prediction results')
+    parser.add_argument('--show-dir', help='directory where painted images will be saved')
+    parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings, key=value; top-level variables (sd_path=...) propagate')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
+    parser.add_argument('--tta', action='store_true', help='Test time augmentation')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def _evaluators(cfg) -> list:
+    ev = cfg.test_evaluator
+    return list(ev) if isinstance(ev, (list, tuple)) else [ev]
+
+
+def main():
+    args = parse_args()
+    cfg = apply_cfg_options(Config.fromfile(args.config), args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        './work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        hook = cfg.default_hooks.get('visualization')
+        if hook is None:
+            raise RuntimeError('--show/--show-dir need default_hooks.visualization=dict(type="SegVisualizationHook")')
+        hook['draw'] = True
+        if args.show:
+            hook['show'], hook['wait_time'] = True, args.wait_time
+        if args.show_dir:
+            cfg.visualizer['save_dir'] = args.show_dir
+    if args.tta:
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    for ev in _evaluators(cfg):
+        if args.out is not None:
+            ev['output_dir'], ev['keep_results'] = args.out, True
+        if args.format_only is not None:
+            ev['output_dir'], ev['keep_results'], ev['format_only'] = args.format_only, True, True
+    check_data_roots(cfg)
+    Runner.from_cfg(cfg).test()
+
+
+if __name__ == '__main__':
+    main()
