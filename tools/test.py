@@ -12,6 +12,7 @@ import mmseg_gate  # noqa: F401  (registers the backbone; lets torch>=2.6 load R
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 from mmseg_gate.engine import apply_cfg_options, check_data_roots
+from mmseg_gate.engine.dist import init_cpu_distributed
 
 
 def parse_args():
@@ -67,6 +68,7 @@ def main():
         if args.format_only is not None:
             ev['output_dir'], ev['keep_results'], ev['format_only'] = args.format_only, True, True
     check_data_roots(cfg)
+    init_cpu_distributed(cfg)
     Runner.from_cfg(cfg).test()
 
 

@@ -15,6 +15,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 from mmseg_gate.engine import apply_cfg_options, check_data_roots
+from mmseg_gate.engine.dist import init_cpu_distributed
 
 
 def parse_args():
@@ -50,6 +51,7 @@ def main():
             cfg.optim_wrapper.loss_scale = 'dynamic'
     cfg.resume = args.resume
     check_data_roots(cfg)
+    init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
 

@@ -42,10 +42,10 @@ def _scene(rng: np.random.Generator, h: int, w: int, classes: list) -> tuple[np.
     label[:horizon] = 1                      # sky-like top
     label[horizon:] = 0                      # ground-like bottom
     label[int(h * 0.85):] = 3                # road-like band at the bottom
-    for _ in range(rng.integers(2, 5)):
+    for _ in range(rng.integers(1, 4)):
         k = int(rng.choice([2, 4, 5]))
         cy, cx = int(rng.integers(h // 4, h)), int(rng.integers(0, w))
-        r = int(rng.integers(h // 10, h // 4))
+        r = int(rng.integers(h // 5, h // 3))
         mask = np.zeros((h, w), np.uint8)
         if k == 2:
             cv2.circle(mask, (cx, cy), r, 1, -1)

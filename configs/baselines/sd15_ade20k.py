@@ -1,0 +1,3 @@
+# Table 2 row "VPD with frozen UNet" (37.63 mIoU): plain SD1.5 features, empty prompt, one branch.
+_base_ = ['../gate_ade20k.py']
+model = dict(backbone=dict(prompt='', branches=[dict(name='plain')]))

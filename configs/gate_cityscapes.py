@@ -1,0 +1,36 @@
+# GATE on Cityscapes as in the paper (Table 2: 64.20 mIoU): 1024x1024 crops, resized to 512x512
+# before Stable Diffusion (SD1.5's native size), features brought back to the crop's 1/8..1/32 grid.
+# See gate_cityscapes_native.py for SD at full crop resolution.
+_base_ = [
+    './_base_/models/gate_sd15_upernet.py',
+    'mmseg::_base_/datasets/cityscapes_1024x1024.py',
+    'mmseg::_base_/default_runtime.py',
+    './_base_/schedules/gate_80k.py',
+]
+sd_path = 'checkpoints/stable-diffusion-v1-5'          # diffusers folder of stable-diffusion-v1-5
+controlnet_path = 'checkpoints/sd-controlnet-canny'     # lllyasviel/sd-controlnet-canny
+lora_a = 'checkpoints/lora/cityscapes_a.safetensors'    # LoCon, moderately trained on ~30 Cityscapes images
+lora_b = 'checkpoints/lora/cityscapes_b.safetensors'    # LoCon, slightly over-fitted
+data_root = 'data/cityscapes'
+prompt = ('An urban street scene with multiple lanes, various buildings, traffic lights, cars in the lanes, '
+          'and pedestrians, highly realistic.')
+
+canny = dict(path=controlnet_path, condition='canny', scale=1.0, condition_cfg=dict(low_threshold=100, high_threshold=200))
+crop_size = (1024, 1024)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(
+        pretrained=sd_path,
+        prompt=prompt,
+        unet_input_size=(512, 512),  # the paper: crops resized to 512 before the UNet
+        branches=[
+            dict(name='prompt'),
+            dict(name='prompt_lora_a_canny', loras=[dict(path=lora_a, scale=1.0)], controlnets=[canny]),
+            dict(name='prompt_lora_b_canny', loras=[dict(path=lora_b, scale=1.0)], controlnets=[canny]),
+        ]),
+    decode_head=dict(num_classes=19),
+    auxiliary_head=dict(num_classes=19),
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(768, 768)))
+train_dataloader = dict(batch_size=2, num_workers=4, dataset=dict(data_root=data_root))  # paper: batch 2
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
