@@ -1,35 +1,46 @@
-"""Let mmengine 0.10.7 load its own Runner checkpoints under torch >= 2.6.
+"""Let mmengine 0.10.7 load its own Runner checkpoints under torch >= 2.6, safely.
 
-torch.load defaults to ``weights_only=True`` since torch 2.6, and mmengine calls it without the
-argument, so ``--resume`` and ``load_from`` fail on the pickled MessageHub/HistoryBuffer and numpy
-values a Runner checkpoint holds. Instead of turning the safe loader off, the few classes those
-checkpoints need are added to torch's allow-list when mmseg_gate is imported.
+torch.load defaults to ``weights_only=True`` since torch 2.6 and mmengine calls it without the
+argument, so ``--resume`` and ``load_from`` fail on what a Runner checkpoint pickles besides
+tensors: MessageHub's HistoryBuffers (with their statistics methods, pickled as
+``getattr(HistoryBuffer, 'min')``) and numpy arrays/scalars. Rather than turning the safe loader off
+(``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``), mmengine's loader for local files is replaced, through its
+own registry, by one that keeps ``weights_only=True`` and allows exactly those classes, only while
+it loads.
 """
 from __future__ import annotations
 
 import collections
+import os.path as osp
+from typing import Any
 
 import numpy as np
 import torch
 
 
-def _numpy_globals() -> list:
-    from numpy.core.multiarray import _reconstruct, scalar  # noqa: F401  (numpy 2: aliases of numpy._core)
+def runner_checkpoint_globals() -> list:
+    """The non-tensor globals of an mmengine Runner checkpoint."""
+    from mmengine.logging import HistoryBuffer
+    from numpy.core.multiarray import _reconstruct, scalar
     dtypes = [type(np.dtype(t)) for t in ('float16', 'float32', 'float64', 'int8', 'int16', 'int32', 'int64',
                                            'uint8', 'uint16', 'uint32', 'uint64', 'bool')]
-    return [np.ndarray, np.dtype, _reconstruct, scalar, *dtypes]
+    allowed = [HistoryBuffer, collections.OrderedDict, collections.defaultdict, np.ndarray, np.dtype, *dtypes,
+               getattr]  # getattr(HistoryBuffer, 'mean') & co: results are not callable by the unpickler
+    for name, fn in (('_reconstruct', _reconstruct), ('scalar', scalar)):  # numpy 2 pickles numpy._core paths
+        allowed += [(fn, f'numpy._core.multiarray.{name}'), (fn, f'numpy.core.multiarray.{name}')]
+    return allowed
+
+
+def load_runner_checkpoint(filename: str, map_location: Any = None) -> dict:
+    """``torch.load(weights_only=True)`` of a local mmengine checkpoint."""
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    with torch.serialization.safe_globals(runner_checkpoint_globals()):
+        return torch.load(filename, map_location=map_location, weights_only=True)
 
 
 def allow_mmengine_checkpoints() -> None:
-    """Register the classes of mmengine Runner checkpoints as safe for ``torch.load``."""
-    from mmengine.logging import HistoryBuffer, MessageHub
-    from mmengine.config import ConfigDict
-    import numpy.core.multiarray as ma
-    safe = [HistoryBuffer, MessageHub, ConfigDict, collections.OrderedDict, collections.defaultdict,
-            *_numpy_globals()]
-    # numpy 2 pickles these under numpy._core; register both spellings
-    for name in ('_reconstruct', 'scalar'):
-        fn = getattr(ma, name)
-        safe.append((fn, f'numpy._core.multiarray.{name}'))
-        safe.append((fn, f'numpy.core.multiarray.{name}'))
-    torch.serialization.add_safe_globals(safe)
+    """Make mmengine load local checkpoints with :func:`load_runner_checkpoint`."""
+    from mmengine.runner import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', loader=load_runner_checkpoint, force=True)

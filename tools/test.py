@@ -58,6 +58,7 @@ def main():
             hook['show'], hook['wait_time'] = True, args.wait_time
         if args.show_dir:
             cfg.visualizer['save_dir'] = args.show_dir
+            hook['interval'] = 1  # every image (mmseg's default draws every 50th)
     if args.tta:
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model

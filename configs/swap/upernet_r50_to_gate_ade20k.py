@@ -14,7 +14,7 @@ model = dict(
         mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375],
         branches=[dict(name='plain')],
-        amalgamation=dict(norm_cfg={{_base_.norm_cfg}})),
+        amalgamation=dict(norm_cfg=dict(type='SyncBN', requires_grad=True))),
     # SD1.5 gives 3 levels (1/8, 1/16, 1/32) instead of ResNet's 4
     decode_head=dict(in_channels=[640, 1280, 1280], in_index=[0, 1, 2], pool_scales=(1, 2, 3)),
     auxiliary_head=dict(in_channels=1280, in_index=1))

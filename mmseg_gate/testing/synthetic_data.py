@@ -87,7 +87,7 @@ def make_ade20k_like(root: str | os.PathLike, num_train: int = 40, num_val: int 
 
 def make_cityscapes_like(root: str | os.PathLike, num_train: int = 12, num_val: int = 6, size: tuple = (128, 256),
                          seed: int = 1) -> Path:
-    """``root/cityscapes/leftImg8bit/{train,val,test}/<city>/*_leftImg8bit.png`` + ``gtFine`` labelTrainIds/labelIds."""
+    """``root/cityscapes/leftImg8bit/{train,val,test}/<city>/*_leftImg8bit.png`` + ``gtFine`` labelTrainIds/labelIds/instanceIds."""
     base = Path(root) / 'cityscapes'
     rng = np.random.default_rng(seed)
     train_ids = np.array([c[0] for c in CITYSCAPES_CLASSES], np.uint8)
@@ -106,4 +106,6 @@ def make_cityscapes_like(root: str | os.PathLike, num_train: int = 12, num_val: 
             tid[edge], lid[edge] = 255, 0  # thin 'unlabeled' seams, as in real annotations
             cv2.imwrite(str(base / 'gtFine' / split / city / f'{stem}_gtFine_labelTrainIds.png'), tid)
             cv2.imwrite(str(base / 'gtFine' / split / city / f'{stem}_gtFine_labelIds.png'), lid)
+            # every region as one instance (what cityscapesscripts' instance-weighted scores need)
+            cv2.imwrite(str(base / 'gtFine' / split / city / f'{stem}_gtFine_instanceIds.png'), lid)
     return base
