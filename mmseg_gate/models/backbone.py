@@ -14,6 +14,7 @@ from torch import nn
 from .amalgamation import Amalgamation
 from .branches import BranchSpec, adapter_name_for, load_lora_adapter, parse_branches
 from .conditions import build_condition
+from ..utils.timing import no_timer
 from .stable_diffusion import (FrozenStableDiffusion, check_weights_location, find_modules, resolve_dtype,
                                run_until_taps)
 
@@ -79,6 +80,7 @@ class GATEDiffusionBackbone(BaseModule):
         self.timestep, self.noise, self.noise_seed = int(timestep), noise, int(noise_seed)
         self.sample_posterior = sample_posterior
         self._active_adapters: tuple | None = None  # unknown until the first switch
+        self.stage_timer = None  # a StageTimer to profile extract() (tools/benchmark.py)
         self.unet_input_size = tuple(unet_input_size) if unet_input_size else None
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -240,14 +242,13 @@ class GATEDiffusionBackbone(BaseModule):
     @torch.no_grad()
     def extract(self, img: torch.Tensor) -> list[list[torch.Tensor]]:
         """Raw SD features: ``out[level][branch]`` as float32 ``[B, C, ceil(H/s), ceil(W/s)]``."""
-        sd = self.sd
+        sd, timed = self.sd, self.stage_timer or no_timer
         b, _, h, w = img.shape
-        x, pixels = self._prepare(img)
-        generator = torch.Generator().manual_seed(self.noise_seed) if self.noise == 'fixed' else None
-        if self.sample_posterior and generator is not None:
-            generator = torch.Generator(x.device).manual_seed(self.noise_seed)
-        latents = sd.encode_images(x, self.sample_posterior, generator)
-        noisy = sd.add_noise(latents, self._noise(latents), self.timestep)
+        with timed('vae'):
+            x, pixels = self._prepare(img)
+            generator = torch.Generator(x.device).manual_seed(self.noise_seed) if self.noise == 'fixed' else None
+            latents = sd.encode_images(x, self.sample_posterior, generator)
+            noisy = sd.add_noise(latents, self._noise(latents), self.timestep)
         t = torch.tensor(self.timestep, device=noisy.device)
 
         conditions: dict[tuple, torch.Tensor] = {}
@@ -260,19 +261,23 @@ class GATEDiffusionBackbone(BaseModule):
                 key = (net.path, net.condition_key, net.scale, prompt_index)
                 if key not in residuals:
                     if net.condition_key not in conditions:
-                        conditions[net.condition_key] = build_condition(net.condition, pixels,
-                                                                        **dict(net.condition_cfg))
-                    residuals[key] = sd.controlnets[self.controlnet_index[net.path]](
-                        noisy, t, encoder_hidden_states=emb, controlnet_cond=conditions[net.condition_key].to(sd.dtype),
-                        conditioning_scale=net.scale, return_dict=False)
+                        with timed('conditions'):
+                            conditions[net.condition_key] = build_condition(net.condition, pixels,
+                                                                            **dict(net.condition_cfg))
+                    with timed('controlnet'):
+                        residuals[key] = sd.controlnets[self.controlnet_index[net.path]](
+                            noisy, t, encoder_hidden_states=emb,
+                            controlnet_cond=conditions[net.condition_key].to(sd.dtype),
+                            conditioning_scale=net.scale, return_dict=False)
                 d, m = residuals[key]
                 down = list(d) if down is None else [a + r for a, r in zip(down, d)]  # MultiControlNet: sum
                 mid = m if mid is None else mid + m
-            self._set_unet_adapters(tuple((self.adapter_names[l.path], l.scale) for l in spec.loras
-                                          if self.adapter_targets[self.adapter_names[l.path]]['unet']))
-            outs = run_until_taps(sd.unet, self.tap_modules, noisy, t, encoder_hidden_states=emb,
-                                  down_block_additional_residuals=down, mid_block_additional_residual=mid,
-                                  return_dict=False)
+            with timed('unet'):
+                self._set_unet_adapters(tuple((self.adapter_names[l.path], l.scale) for l in spec.loras
+                                              if self.adapter_targets[self.adapter_names[l.path]]['unet']))
+                outs = run_until_taps(sd.unet, self.tap_modules, noisy, t, encoder_hidden_states=emb,
+                                      down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                                      return_dict=False)
             for level, i in enumerate(self.level_order):
                 per_level[level].append(self._to_input_grid(outs[i].float(), h, w, self.tap_strides[i]))
         return per_level

@@ -94,7 +94,8 @@ def _calibrated_vae(vae: torch.nn.Module) -> torch.nn.Module:
     return vae
 
 
-def _save_pipeline(out: Path, unet_cfg: dict, text_cfg: dict, seed: int) -> None:
+def _save_pipeline(out: Path, unet_cfg: dict, text_cfg: dict, seed: int, vae_cfg: dict = TINY_VAE,
+                   calibrate_vae: bool = True) -> None:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -106,7 +107,7 @@ def _save_pipeline(out: Path, unet_cfg: dict, text_cfg: dict, seed: int) -> None
                                                 pad_token_id=1, **text_cfg))
     pipe = StableDiffusionPipeline(
         unet=UNet2DConditionModel(**unet_cfg),
-        vae=_calibrated_vae(AutoencoderKL(**TINY_VAE)),
+        vae=_calibrated_vae(AutoencoderKL(**vae_cfg)) if calibrate_vae else AutoencoderKL(**vae_cfg),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         # SD1.5's scheduler configuration
@@ -116,11 +117,11 @@ def _save_pipeline(out: Path, unet_cfg: dict, text_cfg: dict, seed: int) -> None
     pipe.save_pretrained(str(out))
 
 
-def _save_controlnet(sd: Path, out: Path, seed: int) -> None:
+def _save_controlnet(sd: Path, out: Path, seed: int, cond_channels: tuple = (8, 16, 16, 32)) -> None:
     from diffusers import ControlNetModel, UNet2DConditionModel
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(str(sd), subfolder='unet')
-    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 32))
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=cond_channels)
     _randomize_(net, ('controlnet_down_blocks', 'controlnet_mid_block', 'controlnet_cond_embedding.conv_out'))
     net.save_pretrained(str(out))
 
@@ -146,7 +147,8 @@ def _save_lora_diffusers(sd: Path, path: Path, seed: int, rank: int = 4, alpha: 
         unet_lora_adapter_metadata=config.to_dict(), weight_name=path.name, safe_serialization=True)
 
 
-def _save_lora_kohya(sd: Path, path: Path, seed: int, rank: int = 4, alpha: float = 2.0) -> None:
+def _save_lora_kohya(sd: Path, path: Path, seed: int, rank: int = 4, alpha: float = 2.0, conv_rank: int | None = None,
+                     up_scale: float = 0.2) -> None:
     """kohya/LyCORIS LoCon key format: ``lora_unet_<module_path>.{lora_down,lora_up}.weight`` + ``.alpha``.
 
     Like the paper's adapters it covers attention projections, resnet convolutions (3x3 'LoCon'
@@ -162,13 +164,14 @@ def _save_lora_kohya(sd: Path, path: Path, seed: int, rank: int = 4, alpha: floa
     def add(prefix: str, name: str, module: torch.nn.Module) -> None:
         key = prefix + name.replace('.', '_')
         if isinstance(module, torch.nn.Conv2d):
-            down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=g)
-            up = torch.randn(module.out_channels, rank, 1, 1, generator=g)
+            r = conv_rank or rank
+            down = torch.randn(r, module.in_channels, *module.kernel_size, generator=g)
+            up = torch.randn(module.out_channels, r, 1, 1, generator=g)
         else:
             down = torch.randn(rank, module.in_features, generator=g)
             up = torch.randn(module.out_features, rank, generator=g)
         tensors[key + '.lora_down.weight'] = down / down[0].numel() ** 0.5
-        tensors[key + '.lora_up.weight'] = up * 0.2
+        tensors[key + '.lora_up.weight'] = up * up_scale
         tensors[key + '.alpha'] = torch.tensor(alpha)
 
     for name, module in _lora_targets(unet, ('to_q', 'to_k', 'to_v', 'to_out.0', 'conv1', 'conv2')).items():
@@ -197,4 +200,31 @@ def make_tiny_sd(out: str | os.PathLike, sd2: bool = True, overwrite: bool = Fal
         unet2 = dict(TINY_UNET, cross_attention_dim=64, use_linear_projection=True, attention_head_dim=(2, 4, 8, 8))
         _save_pipeline(out / 'sd2', unet2, dict(TINY_TEXT, hidden_size=64, intermediate_size=128), seed=4)
     done.write_text(json.dumps({'sd2': sd2}))
+    return out
+
+
+#: Stable Diffusion 1.5's real configurations (weights random: real ones are not reachable here)
+SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280, 1280))
+SD15_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                down_block_types=('DownEncoderBlock2D',) * 4, up_block_types=('UpDecoderBlock2D',) * 4,
+                layers_per_block=2, sample_size=512)
+SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 max_position_embeddings=77, hidden_act='quick_gelu', projection_dim=768)
+
+
+def make_sd15_shaped(out: str | os.PathLike) -> Path:
+    """SD1.5-, sd-controlnet-canny- and paper-LoCon-shaped random weights (for benchmarks): ~6 GB on disk."""
+    out = Path(out)
+    if (out / '.complete').exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    _save_pipeline(out / 'sd', SD15_UNET, SD15_TEXT, seed=0, vae_cfg=SD15_VAE, calibrate_vae=False)
+    _save_controlnet(out / 'sd', out / 'controlnet-canny', seed=1, cond_channels=(16, 32, 96, 256))
+    (out / 'lora').mkdir(exist_ok=True)
+    # the paper's LoCon adapters: rank 64, alpha 32, conv dim 32
+    for i, name in enumerate(('a', 'b')):
+        _save_lora_kohya(out / 'sd', out / 'lora' / f'{name}.safetensors', seed=2 + i, rank=64, alpha=32.0,
+                         conv_rank=32, up_scale=0.02)
+    (out / '.complete').write_text('{}')
     return out

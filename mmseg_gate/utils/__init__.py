@@ -1,0 +1,3 @@
+from .timing import StageTimer
+
+__all__ = ['StageTimer']
