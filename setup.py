@@ -9,7 +9,7 @@ setup(
     # torch and mmcv (built from source, see README) are installed first by `make install`
     install_requires=[
         'torch>=2.1', 'mmcv>=2.0.0,<2.2.0', 'mmengine>=0.10', 'mmsegmentation>=1.2',
-        'diffusers>=0.32', 'transformers>=4.40', 'peft>=0.13', 'accelerate', 'safetensors',
+        'diffusers>=0.42', 'transformers>=5.0', 'peft>=0.17', 'accelerate', 'safetensors',
         'opencv-python-headless', 'ftfy', 'regex', 'tokenizers',
     ],
     extras_require={'dev': ['pytest', 'pytest-timeout', 'cityscapesscripts']},

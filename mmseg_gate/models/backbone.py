@@ -88,10 +88,14 @@ class GATEDiffusionBackbone(BaseModule):
         sd = FrozenStableDiffusion(pretrained, resolve_dtype(dtype), **(hub_kwargs or {}))
         if not 0 <= self.timestep < sd.scheduler.config.num_train_timesteps:
             raise ValueError(f'timestep={timestep} is outside [0, {sd.scheduler.config.num_train_timesteps})')
-        self._load_adapters(sd)
+        self.adapter_names: dict[str, str] = {}
+        self.adapter_targets: dict[str, dict[str, bool]] = {}
+        self._load_adapters(sd, 'text_encoder')
         self._encode_prompts(sd)
         if not keep_text_encoder:
             sd.release_text_encoder()
+        sd.load_denoiser()
+        self._load_adapters(sd, 'unet')
         self._load_controlnets(sd, resolve_dtype(dtype), hub_kwargs or {})
         sd.requires_grad_(False).eval()  # again: peft adapters and ControlNets arrived after __init__
         # Not a registered submodule: frozen weights stay out of parameters(), state_dict(), the
@@ -114,17 +118,17 @@ class GATEDiffusionBackbone(BaseModule):
             self.out_channels = self.amalgamation.out_channels
 
     # ----------------------------------------------------------------- build helpers
-    def _load_adapters(self, sd: FrozenStableDiffusion) -> None:
-        self.adapter_names: dict[str, str] = {}
-        self.adapter_targets: dict[str, dict[str, bool]] = {}
+    def _load_adapters(self, sd: FrozenStableDiffusion, target: str) -> None:
+        """Every distinct LoRA file once, as a named adapter of ``target`` (if it has layers for it)."""
         for spec in self.specs:
             for lora in spec.loras:
-                if lora.path in self.adapter_names:
-                    continue
                 name = adapter_name_for(lora.path, self.adapter_names)
-                self.adapter_targets[name] = load_lora_adapter(sd.unet, sd.text_encoder, lora.path, name)
-                print_log(f'LoRA {lora.path} -> adapter {name!r} ({self.adapter_targets[name]})', 'current')
-        self._lora_params = [p for n, p in sd.unet.named_parameters() if 'lora_' in n]
+                targets = self.adapter_targets.setdefault(name, {})
+                if target not in targets:
+                    targets[target] = load_lora_adapter(getattr(sd, target), lora.path, name, target)
+                    print_log(f'LoRA {lora.path} -> {target} adapter {name!r}: {targets[target]}', 'current')
+        if target == 'unet':
+            self._lora_params = [p for n, p in sd.unet.named_parameters() if 'lora_' in n]
 
     def _adapters(self, spec: BranchSpec, target: str) -> tuple[list[str], list[float]]:
         names, scales = [], []
@@ -162,7 +166,7 @@ class GATEDiffusionBackbone(BaseModule):
         sd.controlnets = nn.ModuleDict()
         for path, key in self.controlnet_index.items():
             check_weights_location(path, 'ControlNet')
-            net = ControlNetModel.from_pretrained(path, torch_dtype=dtype, **hub_kwargs)
+            net = ControlNetModel.from_pretrained(path, dtype=dtype, **hub_kwargs)
             if net.config.cross_attention_dim != sd.unet.config.cross_attention_dim:
                 raise ValueError(f'ControlNet {path!r} is for cross_attention_dim={net.config.cross_attention_dim}, '
                                  f'the UNet has {sd.unet.config.cross_attention_dim}: use a ControlNet made for '

@@ -88,41 +88,42 @@ def parse_branches(branches: Sequence[dict], default_prompt: str) -> list[Branch
     return specs
 
 
-def load_lora_adapter(unet: nn.Module, text_encoder: nn.Module | None, path: str,
-                      adapter_name: str) -> dict[str, bool]:
-    """Load one LoRA file (diffusers, peft, kohya or LyCORIS LoCon format) as a named adapter.
+def load_lora_adapter(model: nn.Module, path: str, adapter_name: str, target: str) -> bool:
+    """Load the ``target`` ('unet' or 'text_encoder') layers of one LoRA file as a named adapter.
 
-    Returns which models received layers. Raises if the file is missing, holds no Stable
-    Diffusion LoRA layers, or names layers the UNet does not have (wrong base model).
+    Reads diffusers, peft, kohya and LyCORIS LoCon files. Returns whether the file has layers for
+    ``target``; raises if the file is missing, holds no Stable Diffusion LoRA layers at all, or names
+    layers ``model`` does not have (a LoRA for another base model).
     """
     from diffusers import StableDiffusionPipeline
+    if target not in ('unet', 'text_encoder'):
+        raise ValueError(f"target={target!r}: use 'unet' or 'text_encoder'")
     if not Path(os.path.expanduser(path)).is_file():
         raise FileNotFoundError(f'LoRA file {path!r} not found: check the path in the branch config '
                                 '(e.g. --cfg-options lora_a=...)')
     state_dict, alphas, metadata = StableDiffusionPipeline.lora_state_dict(
         os.path.expanduser(path), return_lora_metadata=True)
-    unet_down = {k for k in state_dict if k.startswith('unet.') and ('lora_A' in k or '.down.' in k)}
-    te_down = {k for k in state_dict if k.startswith('text_encoder.') and ('lora_A' in k or '.down.' in k)}
-    if not unet_down and not te_down:
+    down = {p: {k for k in state_dict if k.startswith(p + '.') and ('lora_A' in k or '.down.' in k)}
+            for p in ('unet', 'text_encoder')}
+    if not down['unet'] and not down['text_encoder']:
         raise ValueError(f'LoRA file {path!r} has no Stable Diffusion UNet or text-encoder layers '
                          f'(first keys: {list(state_dict)[:3]}); is it a LoRA for this model?')
+    if not down[target]:
+        return False
+    loader = (StableDiffusionPipeline.load_lora_into_unet if target == 'unet'
+              else StableDiffusionPipeline.load_lora_into_text_encoder)
     try:
         with _quiet_loaders():
-            if unet_down:
-                StableDiffusionPipeline.load_lora_into_unet(state_dict, alphas, unet, adapter_name=adapter_name,
-                                                            metadata=metadata)
-            if te_down and text_encoder is not None:
-                StableDiffusionPipeline.load_lora_into_text_encoder(state_dict, alphas, text_encoder,
-                                                                    adapter_name=adapter_name, metadata=metadata)
+            loader(state_dict, alphas, model, adapter_name=adapter_name, metadata=metadata)
     except Exception as err:  # peft/diffusers raise many types; say which file and model
-        raise ValueError(f'LoRA file {path!r} does not match this Stable Diffusion model '
+        raise ValueError(f'LoRA file {path!r} does not match this Stable Diffusion {target} '
                          f'({type(err).__name__}: {str(err)[:500]}). Use a LoRA trained for the same base model.'
                          ) from err
-    loaded = sum(1 for m in unet.modules() if adapter_name in getattr(m, 'lora_A', {}))
-    if unet_down and loaded != len(unet_down):
-        raise ValueError(f'LoRA file {path!r}: only {loaded} of its {len(unet_down)} UNet layers match this '
-                         'UNet; the file was made for another base model')
-    return {'unet': bool(unet_down), 'text_encoder': bool(te_down and text_encoder is not None)}
+    loaded = sum(1 for m in model.modules() if adapter_name in getattr(m, 'lora_A', {}))
+    if loaded != len(down[target]):
+        raise ValueError(f'LoRA file {path!r}: only {loaded} of its {len(down[target])} {target} layers match '
+                         'this model; the file was made for another base model')
+    return True
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import gc
 import os
 from pathlib import Path
 from typing import Sequence
@@ -97,22 +98,28 @@ class FrozenStableDiffusion(nn.Module):
 
     def __init__(self, pretrained: str, dtype: torch.dtype = torch.float32, **hub_kwargs) -> None:
         super().__init__()
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from diffusers import DDPMScheduler
         from transformers import CLIPTextModel, CLIPTokenizer
         check_weights_location(pretrained, 'Stable Diffusion model', ('unet', 'vae', 'text_encoder', 'tokenizer'))
-        self.pretrained = pretrained
-        load = dict(torch_dtype=dtype, **hub_kwargs)
-        self.vae = AutoencoderKL.from_pretrained(pretrained, subfolder='vae', **load)
-        self.vae.decoder = None  # features need the encoder only
-        self.unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder='unet', **load)
-        self.text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder='text_encoder', **load)
+        self.pretrained, self.load_kwargs = pretrained, dict(dtype=dtype, **hub_kwargs)
+        # text first: prompts are encoded and the encoder released before the large models load,
+        # which keeps the build's peak memory at what the forward needs
+        self.text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder='text_encoder', **self.load_kwargs)
         self.tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder='tokenizer', **hub_kwargs)
         # add_noise only needs the betas; DDPM's formula is shared by SD's PNDM/DDIM/Euler configs
         self.scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder='scheduler', **hub_kwargs)
+        self.vae = self.unet = None
+        self.requires_grad_(False).eval()
+
+    def load_denoiser(self) -> None:
+        """Load the VAE encoder and the UNet."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        self.vae = AutoencoderKL.from_pretrained(self.pretrained, subfolder='vae', **self.load_kwargs)
+        self.vae.decoder = None  # features need the encoder only
+        self.unet = UNet2DConditionModel.from_pretrained(self.pretrained, subfolder='unet', **self.load_kwargs)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.unet_scale_factor = 2 ** (len(self.unet.config.down_block_types) - 1)
-        self.requires_grad_(False)
-        self.eval()
+        self.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> 'FrozenStableDiffusion':
         return super().train(False)  # frozen parts stay in eval mode whatever the model does
@@ -139,6 +146,7 @@ class FrozenStableDiffusion(nn.Module):
 
     def release_text_encoder(self) -> None:
         self.text_encoder = None
+        gc.collect()
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, sample_posterior: bool = False,
