@@ -10,7 +10,7 @@ setup(
     install_requires=[
         'torch>=2.1', 'mmcv>=2.0.0,<2.2.0', 'mmengine>=0.10', 'mmsegmentation>=1.2',
         'diffusers>=0.42', 'transformers>=5.0', 'peft>=0.17', 'accelerate', 'safetensors',
-        'opencv-python-headless', 'ftfy', 'regex', 'tokenizers',
+        'opencv-python-headless', 'ftfy', 'regex', 'tokenizers', 'scikit-image', 'matplotlib', 'tqdm',
     ],
     extras_require={'dev': ['pytest', 'pytest-timeout', 'cityscapesscripts']},
 )

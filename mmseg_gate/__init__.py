@@ -4,6 +4,7 @@ Importing the package registers :class:`GATEDiffusionBackbone` (and friends) in 
 so configs only need ``custom_imports = dict(imports=['mmseg_gate'])``.
 """
 from .checkpoint_compat import allow_mmengine_checkpoints
+from .datasets import LoadCaption
 from .engine import GATECheckHook, check_head_channels
 from .models import GATE_TAPS, GATEDiffusionBackbone
 from .version import __version__

@@ -198,3 +198,15 @@ default_hooks = dict(checkpoint=dict(interval=2, max_keep_ckpts=5))
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_per_image_prompt_config_trains_and_tests(workspace):
+    from mmseg_gate.testing import make_tiny_captioner
+    blip = make_tiny_captioner(workspace / 'blip')
+    root = workspace / 'data' / 'demo' / 'ADEChallengeData2016'
+    run(workspace, sys.executable, tool('caption.py'), '--model', str(blip), '--data-root', str(root), '--images',
+        'images', '--out', str(root / 'captions.json'), '--max-new-tokens', '4')
+    wd = workspace / 'work_dirs' / 'captions'
+    _, out = run(workspace, sys.executable, tool('train.py'), config('demo/gate_tiny_ade20k_captions.py'),
+                 '--work-dir', str(wd), '--cfg-options', *SHORT)
+    assert 0 <= miou(out) <= 100 and (wd / 'iter_2.pth').exists()

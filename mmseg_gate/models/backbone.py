@@ -81,11 +81,16 @@ class GATEDiffusionBackbone(BaseModule):
         self.sample_posterior = sample_posterior
         self._active_adapters: tuple | None = None  # unknown until the first switch
         self.stage_timer = None  # a StageTimer to profile extract() (tools/benchmark.py)
+        self._image_prompts: list | None = None
+        self._prompt_cache: dict = {}
         self.unet_input_size = tuple(unet_input_size) if unet_input_size else None
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
         sd = FrozenStableDiffusion(pretrained, resolve_dtype(dtype), **(hub_kwargs or {}))
+        # Not a registered submodule: frozen weights stay out of parameters(), state_dict(), the
+        # optimizer and DDP; _apply() below still moves them with the model.
+        object.__setattr__(self, 'sd', sd)
         if not 0 <= self.timestep < sd.scheduler.config.num_train_timesteps:
             raise ValueError(f'timestep={timestep} is outside [0, {sd.scheduler.config.num_train_timesteps})')
         self.adapter_names: dict[str, str] = {}
@@ -98,9 +103,6 @@ class GATEDiffusionBackbone(BaseModule):
         self._load_adapters(sd, 'unet')
         self._load_controlnets(sd, resolve_dtype(dtype), hub_kwargs or {})
         sd.requires_grad_(False).eval()  # again: peft adapters and ControlNets arrived after __init__
-        # Not a registered submodule: frozen weights stay out of parameters(), state_dict(), the
-        # optimizer and DDP; _apply() below still moves them with the model.
-        object.__setattr__(self, 'sd', sd)
         self.taps = tuple(taps)
         self.tap_modules = find_modules(sd.unet, self.taps)
         self.tap_channels, self.tap_strides = self._probe_taps()
@@ -139,25 +141,61 @@ class GATEDiffusionBackbone(BaseModule):
                 scales.append(lora.scale)
         return names, scales
 
+    def _text_embedding(self, prompt: str, names: list[str], scales: list[float]) -> torch.Tensor:
+        """CLIP embedding of ``prompt`` with the text-encoder LoRA adapters ``names`` active."""
+        from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
+        te = self.sd.text_encoder
+        if names:
+            set_adapter_layers(te, enabled=True)
+            set_weights_and_activate_adapters(te, names, scales)
+        elif any(t.get('text_encoder') for t in self.adapter_targets.values()):
+            set_adapter_layers(te, enabled=False)
+        return self.sd.encode_prompt(prompt).float()
+
     def _encode_prompts(self, sd: FrozenStableDiffusion) -> None:
         """One CLIP pass per distinct (prompt, text-encoder adapters); cached as non-persistent buffers."""
-        from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
         keys: dict[tuple, int] = {}
         self.branch_prompt: list[int] = []
-        te_has_adapters = any(t['text_encoder'] for t in self.adapter_targets.values())
         for spec in self.specs:
             names, scales = self._adapters(spec, 'text_encoder')
             key = (spec.prompt, tuple(names), tuple(scales))
             if key not in keys:
-                if names:
-                    set_adapter_layers(sd.text_encoder, enabled=True)
-                    set_weights_and_activate_adapters(sd.text_encoder, names, scales)
-                elif te_has_adapters:
-                    set_adapter_layers(sd.text_encoder, enabled=False)
                 keys[key] = len(keys)
-                self.register_buffer(f'prompt_embeds_{keys[key]}', sd.encode_prompt(spec.prompt).float(),
+                self.register_buffer(f'prompt_embeds_{keys[key]}', self._text_embedding(spec.prompt, names, scales),
                                      persistent=False)
             self.branch_prompt.append(keys[key])
+
+    def set_prompts(self, prompts: Sequence[str | None] | None) -> None:
+        """Per-image prompts (e.g. captions) for the following forwards; ``None`` entries, or branches
+        with a prompt of their own, keep the configured prompt. Needs ``keep_text_encoder=True``."""
+        if prompts is not None and any(p is not None for p in prompts) and self.sd.text_encoder is None:
+            raise RuntimeError('per-image prompts need the text encoder: build the backbone with '
+                               'keep_text_encoder=True')
+        self._image_prompts = list(prompts) if prompts is not None else None
+
+    def _branch_embedding(self, spec: BranchSpec, prompt_index: int, batch: int) -> tuple[torch.Tensor, object]:
+        """The branch's text embedding for this batch and a hashable key of what it encodes."""
+        prompts = getattr(self, '_image_prompts', None)
+        fixed = self.prompt_embeds(prompt_index)
+        if prompts is None or spec.own_prompt or all(p is None for p in prompts):
+            return fixed.expand(batch, -1, -1), prompt_index
+        if len(prompts) != batch:
+            raise ValueError(f'{len(prompts)} per-image prompts for a batch of {batch}')
+        names, scales = self._adapters(spec, 'text_encoder')
+        embeds, keys = [], []
+        for prompt in prompts:
+            if prompt is None:
+                embeds.append(fixed)
+                keys.append(prompt_index)
+                continue
+            key = (prompt, tuple(names), tuple(scales))
+            if key not in self._prompt_cache:
+                if len(self._prompt_cache) >= 1024:  # bounded: captions of a whole dataset would not fit
+                    self._prompt_cache.pop(next(iter(self._prompt_cache)))
+                self._prompt_cache[key] = self._text_embedding(prompt, names, scales).to(fixed.device)
+            embeds.append(self._prompt_cache[key])
+            keys.append(key)
+        return torch.cat(embeds), tuple(keys)
 
     def _load_controlnets(self, sd: FrozenStableDiffusion, dtype: torch.dtype, hub_kwargs: dict) -> None:
         from diffusers import ControlNetModel
@@ -259,10 +297,11 @@ class GATEDiffusionBackbone(BaseModule):
         residuals: dict[tuple, tuple] = {}
         per_level: list[list[torch.Tensor]] = [[] for _ in self.taps]
         for spec, prompt_index in zip(self.specs, self.branch_prompt):
-            emb = self.prompt_embeds(prompt_index).to(sd.dtype).expand(b, -1, -1)
+            emb, emb_key = self._branch_embedding(spec, prompt_index, b)
+            emb = emb.to(sd.dtype)
             down, mid = None, None
             for net in spec.controlnets:
-                key = (net.path, net.condition_key, net.scale, prompt_index)
+                key = (net.path, net.condition_key, net.scale, emb_key)
                 if key not in residuals:
                     if net.condition_key not in conditions:
                         with timed('conditions'):

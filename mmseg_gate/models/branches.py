@@ -41,6 +41,7 @@ class BranchSpec:
     prompt: str
     loras: tuple[LoraSpec, ...] = ()
     controlnets: tuple[ControlNetSpec, ...] = ()
+    own_prompt: bool = False  # True: its own prompt, not replaced by per-image prompts
 
     @property
     def adapter_key(self) -> tuple:
@@ -84,7 +85,8 @@ def parse_branches(branches: Sequence[dict], default_prompt: str) -> list[Branch
             nets.append(ControlNetSpec(str(net['path']), condition, float(net.get('scale', 1.0)),
                                        tuple(sorted(dict(net.get('condition_cfg', {})).items()))))
         prompt = cfg.get('prompt')
-        specs.append(BranchSpec(name, default_prompt if prompt is None else prompt, tuple(loras), tuple(nets)))
+        specs.append(BranchSpec(name, default_prompt if prompt is None else prompt, tuple(loras), tuple(nets),
+                                own_prompt=prompt is not None))
     return specs
 
 

@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -79,6 +80,25 @@ def _randomize_(module: torch.nn.Module, names: tuple[str, ...], std: float = 0.
             torch.nn.init.normal_(p, std=std)
 
 
+def _pretrained_tiny_vae(vae: torch.nn.Module, steps: int = 80) -> torch.nn.Module:
+    """A few seconds of autoencoder training on synthetic scenes, so that decode(encode(x)) resembles x
+    (Img2Img in tools/gate_guideline.py needs that to mean anything) and latents carry the picture."""
+    from .synthetic_data import ADE_CLASSES, _scene
+    rng = np.random.default_rng(0)
+    data = torch.from_numpy(np.stack([_scene(rng, 64, 64, ADE_CLASSES)[0][..., ::-1] for _ in range(32)]))
+    data = data.permute(0, 3, 1, 2).float() / 127.5 - 1
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    for _ in range(steps):
+        x = data[torch.randint(0, len(data), (8,), generator=g)]
+        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        loss = (rec - x).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return vae.eval()
+
+
 @torch.no_grad()
 def _calibrated_vae(vae: torch.nn.Module) -> torch.nn.Module:
     """Set ``scaling_factor`` so latents have unit variance, as SD's 0.18215 does for its trained VAE.
@@ -94,8 +114,16 @@ def _calibrated_vae(vae: torch.nn.Module) -> torch.nn.Module:
     return vae
 
 
+def _tiny_vae(cfg: dict, calibrate: bool, train: bool) -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+    vae = AutoencoderKL(**cfg)
+    if train:
+        vae = _pretrained_tiny_vae(vae)
+    return _calibrated_vae(vae) if calibrate else vae
+
+
 def _save_pipeline(out: Path, unet_cfg: dict, text_cfg: dict, seed: int, vae_cfg: dict = TINY_VAE,
-                   calibrate_vae: bool = True) -> None:
+                   calibrate_vae: bool = True, train_vae: bool = True) -> None:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -107,7 +135,7 @@ def _save_pipeline(out: Path, unet_cfg: dict, text_cfg: dict, seed: int, vae_cfg
                                                 pad_token_id=1, **text_cfg))
     pipe = StableDiffusionPipeline(
         unet=UNet2DConditionModel(**unet_cfg),
-        vae=_calibrated_vae(AutoencoderKL(**vae_cfg)) if calibrate_vae else AutoencoderKL(**vae_cfg),
+        vae=_tiny_vae(vae_cfg, calibrate_vae, train_vae),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         # SD1.5's scheduler configuration
@@ -198,7 +226,8 @@ def make_tiny_sd(out: str | os.PathLike, sd2: bool = True, overwrite: bool = Fal
     if sd2:
         # SD2: linear projections in the transformers, wider text states, per-level head counts
         unet2 = dict(TINY_UNET, cross_attention_dim=64, use_linear_projection=True, attention_head_dim=(2, 4, 8, 8))
-        _save_pipeline(out / 'sd2', unet2, dict(TINY_TEXT, hidden_size=64, intermediate_size=128), seed=4)
+        _save_pipeline(out / 'sd2', unet2, dict(TINY_TEXT, hidden_size=64, intermediate_size=128), seed=4,
+                       train_vae=False)
     done.write_text(json.dumps({'sd2': sd2}))
     return out
 
@@ -219,7 +248,7 @@ def make_sd15_shaped(out: str | os.PathLike) -> Path:
     if (out / '.complete').exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    _save_pipeline(out / 'sd', SD15_UNET, SD15_TEXT, seed=0, vae_cfg=SD15_VAE, calibrate_vae=False)
+    _save_pipeline(out / 'sd', SD15_UNET, SD15_TEXT, seed=0, vae_cfg=SD15_VAE, calibrate_vae=False, train_vae=False)
     _save_controlnet(out / 'sd', out / 'controlnet-canny', seed=1, cond_channels=(16, 32, 96, 256))
     (out / 'lora').mkdir(exist_ok=True)
     # the paper's LoCon adapters: rank 64, alpha 32, conv dim 32
@@ -227,4 +256,27 @@ def make_sd15_shaped(out: str | os.PathLike) -> Path:
         _save_lora_kohya(out / 'sd', out / 'lora' / f'{name}.safetensors', seed=2 + i, rank=64, alpha=32.0,
                          conv_rank=32, up_scale=0.02)
     (out / '.complete').write_text('{}')
+    return out
+
+
+def make_tiny_captioner(out: str | os.PathLike) -> Path:
+    """A tiny random BLIP captioner (model + processor) in the transformers layout."""
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+    out = Path(out)
+    if (out / 'config.json').exists():
+        return out
+    words = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', '[DEC]', 'a', 'photo', 'of', 'the', 'street', 'room',
+             'tree', 'car', 'sky', 'road', 'person', 'wall', 'with', 'and'] + list('bcdefghijklmnopqrstuvwxyz')
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    tokenizer = BertTokenizer(vocab=vocab)
+    tokenizer.add_special_tokens({'bos_token': '[DEC]'})
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={'height': 32, 'width': 32}), tokenizer=tokenizer)
+    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                bos_token_id=vocab['[DEC]'], pad_token_id=0, sep_token_id=vocab['[SEP]'], eos_token_id=vocab['[SEP]'],
+                encoder_hidden_size=32)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    torch.manual_seed(0)
+    BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision, projection_dim=32)).save_pretrained(str(out))
+    processor.save_pretrained(str(out))
     return out

@@ -1,0 +1,3 @@
+from .transforms import LoadCaption
+
+__all__ = ['LoadCaption']
