@@ -49,7 +49,7 @@ def main() -> None:
     runner = Runner.from_cfg(cfg)
     runner.train()
     metrics = runner.test()
-    print(f'predictions (input | ground truth | prediction) in {pictures}')
+    print(f'prediction pictures (ground truth | prediction, over the input) in {pictures}')
     print(f'total time: {time.perf_counter() - start:.0f} s')
     print(f"mIoU: {metrics['mIoU']:.2f}")
 
