@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import backbone_cfg, build, canny_net, gate_branches, lora
+from conftest import backbone_cfg, build, gate_branches, lora
 
 TAPS = ('up_blocks.0.upsamplers.0', 'up_blocks.1.upsamplers.0', 'up_blocks.2.upsamplers.0')
 

@@ -6,12 +6,11 @@ Same flags as mmseg's: CONFIG CHECKPOINT [--work-dir] [--out DIR] [--show] [--sh
 """
 import argparse
 import os
-import os.path as osp
 
 import mmseg_gate  # noqa: F401  (registers the backbone; lets torch>=2.6 load Runner checkpoints)
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.runner import Runner
-from mmseg_gate.engine import apply_cfg_options, check_data_roots
+from mmseg_gate.engine import check_data_roots, load_tool_config
 from mmseg_gate.engine.dist import init_cpu_distributed
 
 
@@ -44,10 +43,7 @@ def _evaluators(cfg) -> list:
 
 def main():
     args = parse_args()
-    cfg = apply_cfg_options(Config.fromfile(args.config), args.cfg_options)
-    cfg.launcher = args.launcher
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        './work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_tool_config(args)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         hook = cfg.default_hooks.get('visualization')

@@ -7,14 +7,13 @@ every place of the config that used those top-level variables.
 import argparse
 import logging
 import os
-import os.path as osp
 
 import mmseg_gate  # noqa: F401  (registers the backbone; lets torch>=2.6 load Runner checkpoints)
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
-from mmseg_gate.engine import apply_cfg_options, check_data_roots
+from mmseg_gate.engine import check_data_roots, load_tool_config
 from mmseg_gate.engine.dist import init_cpu_distributed
 
 
@@ -37,10 +36,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    cfg = apply_cfg_options(Config.fromfile(args.config), args.cfg_options)
-    cfg.launcher = args.launcher
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        './work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_tool_config(args)
     if args.amp:
         if cfg.optim_wrapper.type == 'AmpOptimWrapper':
             print_log('AMP training is already enabled in your config.', logger='current', level=logging.WARNING)

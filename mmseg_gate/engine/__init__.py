@@ -1,4 +1,4 @@
 from .checks import GATECheckHook, check_data_roots, check_head_channels
-from .config import apply_cfg_options
+from .config import apply_cfg_options, load_tool_config
 
-__all__ = ['GATECheckHook', 'check_head_channels', 'check_data_roots', 'apply_cfg_options']
+__all__ = ['GATECheckHook', 'check_head_channels', 'check_data_roots', 'apply_cfg_options', 'load_tool_config']

@@ -33,3 +33,14 @@ def apply_cfg_options(cfg: Config, options: dict | None) -> Config:
                     cfg[name] = _replace(cfg[name], old, value)
     cfg.merge_from_dict(options)
     return cfg
+
+
+def load_tool_config(args) -> Config:
+    """The config as tools/train.py and tools/test.py see it: ``--cfg-options`` applied, launcher set,
+    work_dir from the CLI, the config, or ``work_dirs/<config name>`` (mmseg's order)."""
+    import os.path as osp
+    cfg = apply_cfg_options(Config.fromfile(args.config), args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        './work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg

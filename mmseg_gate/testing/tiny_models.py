@@ -124,7 +124,7 @@ def _tiny_vae(cfg: dict, calibrate: bool, train: bool) -> torch.nn.Module:
 
 def _save_pipeline(out: Path, unet_cfg: dict, text_cfg: dict, seed: int, vae_cfg: dict = TINY_VAE,
                    calibrate_vae: bool = True, train_vae: bool = True) -> None:
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
