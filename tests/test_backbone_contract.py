@@ -114,3 +114,11 @@ def test_refiners_are_independent_and_not_zero(model):
     blocks = [b for seq in level.refiners for b in seq]
     assert len({id(b) for b in blocks}) == len(blocks)
     assert all(b.expand.weight.abs().sum() > 0 for b in blocks)
+
+
+def test_autocast_does_not_reach_the_frozen_parts(model, image):
+    """--amp wraps the forward in autocast; SD must still run in its own dtype (here fp32)."""
+    plain = model.extract(image)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        amp = model.extract(image)
+    assert all(torch.equal(a, b) for la, lb in zip(plain, amp) for a, b in zip(la, lb))

@@ -126,7 +126,8 @@ class GATEDiffusionBackbone(BaseModule):
             for lora in spec.loras:
                 name = adapter_name_for(lora.path, self.adapter_names)
                 targets = self.adapter_targets.setdefault(name, {})
-                if target not in targets:
+                if target not in targets:  # the file is read once per target: the text-encoder pass
+                    # runs before the UNet is loaded, and holding the parsed files in between costs memory
                     targets[target] = load_lora_adapter(getattr(sd, target), lora.path, name, target)
                     print_log(f'LoRA {lora.path} -> {target} adapter {name!r}: {targets[target]}', 'current')
         if target == 'unet':
@@ -281,9 +282,16 @@ class GATEDiffusionBackbone(BaseModule):
         g = torch.Generator().manual_seed(self.noise_seed)
         return torch.randn((1, *latents.shape[1:]), generator=g).to(latents).expand_as(latents)
 
-    @torch.no_grad()
     def extract(self, img: torch.Tensor) -> list[list[torch.Tensor]]:
-        """Raw SD features: ``out[level][branch]`` as float32 ``[B, C, ceil(H/s), ceil(W/s)]``."""
+        """Raw SD features: ``out[level][branch]`` as float32 ``[B, C, ceil(H/s), ceil(W/s)]``.
+
+        Runs without gradients and outside any autocast region (``--amp``): the frozen parts compute
+        in their own dtype, whatever the trainable parts use.
+        """
+        with torch.no_grad(), torch.autocast(img.device.type, enabled=False):
+            return self._extract(img)
+
+    def _extract(self, img: torch.Tensor) -> list[list[torch.Tensor]]:
         sd, timed = self.sd, self.stage_timer or no_timer
         b, _, h, w = img.shape
         with timed('vae'):
