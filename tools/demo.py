@@ -2,7 +2,7 @@
 
 Makes the assets if absent (data/tiny_sd, data/demo), trains the paper's 3-branch GATE config on
 them with the standard mmengine Runner, evaluates, saves prediction pictures and prints `mIoU: X`.
-About 3 minutes on 2 CPU cores.
+About 4 minutes on 2 CPU cores.
 """
 import argparse
 import os.path as osp
