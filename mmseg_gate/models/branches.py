@@ -10,7 +10,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from torch import nn
 
@@ -157,11 +157,4 @@ def adapter_name_for(path: str, taken: dict[str, str]) -> str:
     return name
 
 
-def describe(spec: BranchSpec) -> dict[str, Any]:
-    """A plain-dict summary of a branch, for logs and the README."""
-    return {'name': spec.name, 'prompt': spec.prompt, 'loras': [l.__dict__ for l in spec.loras],
-            'controlnets': [dict(path=c.path, condition=c.condition, scale=c.scale) for c in spec.controlnets]}
-
-
-__all__ = ['LoraSpec', 'ControlNetSpec', 'BranchSpec', 'parse_branches', 'load_lora_adapter', 'adapter_name_for',
-           'describe']
+__all__ = ['LoraSpec', 'ControlNetSpec', 'BranchSpec', 'parse_branches', 'load_lora_adapter', 'adapter_name_for']
