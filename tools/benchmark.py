@@ -54,6 +54,7 @@ class ReferenceExtractor:
                  sample_posterior: bool) -> None:
         from diffusers import ControlNetModel, StableDiffusionPipeline
         self.branches, self.device, self.timestep, self.sample = [], device, timestep, sample_posterior
+        self.stage_timer = None  # as GATEDiffusionBackbone.stage_timer
         for b in branches:
             pipe = StableDiffusionPipeline.from_pretrained(str(assets / 'sd'), torch_dtype=dtype, safety_checker=None)
             for lora in b.get('loras', ()):
@@ -71,8 +72,10 @@ class ReferenceExtractor:
             yield from (pipe.unet, pipe.vae, pipe.text_encoder, *nets)
 
     @torch.no_grad()
-    def extract(self, img: torch.Tensor, timed) -> list[list[torch.Tensor]]:
+    def extract(self, img: torch.Tensor) -> list[list[torch.Tensor]]:
         import cv2
+        from mmseg_gate.utils.timing import no_timer
+        timed = self.stage_timer or no_timer
         per_level = [[] for _ in TAPS]
         for pipe, nets, taps in self.branches:
             dtype = pipe.unet.dtype
@@ -159,20 +162,20 @@ def worker(args) -> None:
         out_channels = None
     build_s = time.perf_counter() - t0
     timer = StageTimer(device)
-    if args.worker == 'gate':
-        backbone.stage_timer = timer
+    extractor = backbone if args.worker == 'gate' else ref
+    extractor.stage_timer = timer
 
     trainable = optim = None
     if args.train_step:
         with torch.no_grad():
-            feats = extract(img, timer)  if args.worker != 'gate' else extract(img)
+            feats = extract(img)
         out_channels = [f[0].shape[1] for f in feats]
         trainable = build_trainable(out_channels, len(branches), args.preset, device)
         optim = torch.optim.AdamW(trainable.parameters(), lr=1.6e-4, weight_decay=1e-3)
         labels = torch.randint(0, 150, (img.shape[0], 1, *img.shape[-2:]), device=device)
 
     def step():
-        feats = extract(img, timer) if args.worker != 'gate' else extract(img)
+        feats = extract(img)
         if trainable is not None:
             with timer('head'):
                 fused = trainable['amalgamation'](feats)

@@ -18,8 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
-
+from mmseg_gate.utils import list_images
 
 def load_captioner(path: str, device: str, dtype: torch.dtype):
     from transformers import AutoConfig, AutoProcessor
@@ -63,7 +62,7 @@ def main() -> None:
     folder = root / args.images
     if not folder.is_dir():
         parser.error(f'--images {folder} does not exist')
-    files = sorted(p for p in folder.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images([folder])
     out = Path(args.out)
     captions = json.loads(out.read_text()) if out.exists() else {}
     todo = [p for p in files if str(p.relative_to(root)) not in captions]

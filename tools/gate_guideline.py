@@ -147,13 +147,11 @@ def save_grid(path: Path, images: list[np.ndarray], titles: list[str]) -> None:
 def run(args) -> dict:
     import mmseg_gate  # noqa: F401
     from mmseg.registry import MODELS
+    from mmseg_gate.utils import list_images
     technique = parse_technique(args.technique)
     reference = parse_technique(args.reference)
     dtype = DTYPES[args.dtype]
-    files = []
-    for item in map(Path, args.images):
-        files += sorted(p for p in item.rglob('*') if p.suffix.lower() in ('.jpg', '.jpeg', '.png')) if item.is_dir() \
-            else [item]
+    files = list_images(args.images)
     if args.max_images:
         files = files[:args.max_images]
     if not files:

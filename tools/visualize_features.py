@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from mmengine.config import DictAction
 
 
 def pca_rgb(feats: list[torch.Tensor]) -> list[np.ndarray]:
@@ -85,23 +86,19 @@ def main() -> None:
     parser.add_argument('--images', nargs='+', required=True, help='image files or folders')
     parser.add_argument('--out', default='work_dirs/features')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--cfg-options', nargs='+', default=None, help='key=value overrides (sd_path=... propagates)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='key=value overrides (sd_path=... propagates)')
     args = parser.parse_args()
 
     import mmseg_gate  # noqa: F401
-    from mmengine.config import Config, DictAction
+    from mmengine.config import Config
     from mmengine.runner import load_checkpoint
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
     from mmseg_gate.engine import apply_cfg_options
+    from mmseg_gate.utils import list_images
     register_all_modules()
-    options = None
-    if args.cfg_options:
-        action = DictAction(option_strings=[], dest='x')
-        ns = argparse.Namespace()
-        action(None, ns, args.cfg_options)
-        options = ns.x
-    cfg = apply_cfg_options(Config.fromfile(args.config), options)
+    cfg = apply_cfg_options(Config.fromfile(args.config), args.cfg_options)
     model = MODELS.build(cfg.model)
     model.init_weights()
     if args.checkpoint:
@@ -110,10 +107,7 @@ def main() -> None:
     pre = cfg.model.data_preprocessor
     mean = torch.tensor(pre.get('mean', [127.5] * 3)).view(1, 3, 1, 1)
     std = torch.tensor(pre.get('std', [127.5] * 3)).view(1, 3, 1, 1)
-    files = []
-    for item in map(Path, args.images):
-        files += sorted(p for p in item.rglob('*') if p.suffix.lower() in ('.jpg', '.jpeg', '.png')) if item.is_dir() \
-            else [item]
+    files = list_images(args.images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for path in files:

@@ -176,7 +176,7 @@ class GATEDiffusionBackbone(BaseModule):
 
     def _branch_embedding(self, spec: BranchSpec, prompt_index: int, batch: int) -> tuple[torch.Tensor, object]:
         """The branch's text embedding for this batch and a hashable key of what it encodes."""
-        prompts = getattr(self, '_image_prompts', None)
+        prompts = self._image_prompts
         fixed = self.prompt_embeds(prompt_index)
         if prompts is None or spec.own_prompt or all(p is None for p in prompts):
             return fixed.expand(batch, -1, -1), prompt_index
