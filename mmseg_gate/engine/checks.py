@@ -10,12 +10,8 @@ from mmseg.registry import HOOKS
 from torch import nn
 
 
-def _head_expects(head) -> tuple[list[int], list[int]]:
-    index = head.in_index if isinstance(head.in_index, (list, tuple)) else [head.in_index]
-    channels = head.in_channels if isinstance(head.in_channels, (list, tuple)) else [head.in_channels]
-    if getattr(head, 'input_transform', None) == 'resize_concat':
-        channels = [sum(channels)]
-    return list(index), list(channels)
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def check_head_channels(segmentor: Any) -> None:
@@ -35,13 +31,13 @@ def check_head_channels(segmentor: Any) -> None:
     for name, head in heads:
         if head is None or not hasattr(head, 'in_index'):
             continue
-        index, channels = _head_expects(head)
+        index, channels = _as_list(head.in_index), _as_list(head.in_channels)
         if any(i >= len(out) for i in index):
             raise ValueError(f'model.{name}.in_index={index} but the backbone gives only {len(out)} levels '
                              f'(out_channels={out})')
         want = [out[i] for i in index]
-        if getattr(head, 'input_transform', None) == 'resize_concat':
-            want = [sum(want)]
+        if getattr(head, 'input_transform', None) == 'resize_concat':  # one concatenated input
+            want, channels = [sum(want)], [sum(channels)]
         if want != channels:
             fix = want if len(want) > 1 else want[0]
             raise ValueError(f'model.{name}.in_channels={head.in_channels} does not match the backbone: '
