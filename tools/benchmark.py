@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mmengine.config import DictAction
 
 TAPS = ('up_blocks.0.upsamplers.0', 'up_blocks.1.upsamplers.0', 'up_blocks.2.upsamplers.0')
 PROMPT = 'a highly realistic photo of the real world. high quality.'
@@ -153,7 +154,8 @@ def worker(args) -> None:
         from mmseg.registry import MODELS
         backbone = MODELS.build(dict(type='GATEDiffusionBackbone', pretrained=str(Path(args.assets) / 'sd'),
                                      branches=branches, prompt=PROMPT, timestep=50, dtype=args.dtype, taps=TAPS,
-                                     amalgamation=None if len(branches) == 1 else dict())).to(device)
+                                     amalgamation=None if len(branches) == 1 else dict(),
+                                     **args.gate_options)).to(device)
         extract, models = backbone.extract, [backbone.frozen_modules()]
         out_channels = [backbone.tap_channels[i] for i in backbone.level_order]
     else:
@@ -240,6 +242,8 @@ def main() -> None:
     parser.add_argument('--modes', default='reference,gate', help='comma-separated subset of reference,gate')
     parser.add_argument('--reference-sample-posterior', action='store_true',
                         help='sample the VAE posterior in reference mode as the original (features then differ)')
+    parser.add_argument('--gate-options', nargs='+', action=DictAction, default={},
+                        help='extra GATEDiffusionBackbone arguments, e.g. batch_branches=False')
     parser.add_argument('--json', default=None, help='write the results here')
     parser.add_argument('--worker', choices=['reference', 'gate'], help=argparse.SUPPRESS)
     parser.add_argument('--io-dir', help=argparse.SUPPRESS)
@@ -280,7 +284,7 @@ def main() -> None:
     results['setup'] = dict(preset=args.preset, size=args.size, batch=args.batch, branches=args.branches,
                             device=args.device, dtype=args.dtype, train_step=args.train_step, iters=args.iters,
                             torch=torch.__version__, date=time.strftime('%Y-%m-%d'),
-                            threads=torch.get_num_threads())
+                            threads=torch.get_num_threads(), gate_options=args.gate_options)
     report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

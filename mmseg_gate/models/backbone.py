@@ -1,6 +1,7 @@
 """GATEDiffusionBackbone: frozen Stable Diffusion features, one pass per branch, amalgamated per level."""
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -12,6 +13,7 @@ from mmseg.registry import MODELS
 from torch import nn
 
 from .amalgamation import Amalgamation
+from .branch_batching import BASE_ADAPTER, lora_layers, mixed_adapter_batch, plan_branch_groups
 from .branches import BranchSpec, adapter_name_for, load_lora_adapter, parse_branches
 from .conditions import build_condition
 from ..utils.timing import no_timer
@@ -51,6 +53,13 @@ class GATEDiffusionBackbone(BaseModule):
         amalgamation: kwargs of :class:`Amalgamation`, or ``None`` to return a single branch's raw
             features.
         keep_text_encoder: keep CLIP after build so :meth:`encode_prompts` can encode new prompts.
+        batch_branches: run the branches' UNet passes (and the calls of a shared ControlNet) as one
+            batch where their LoRA adapters allow it (peft mixed-adapter batches): faster, same
+            features; the UNet activations of those branches are held together.
+        compile: ``torch.compile`` the VAE encoder and the ControlNets (``True``, or a dict of
+            ``torch.compile`` kwargs such as ``dict(mode='max-autotune')``). The UNet stays eager:
+            its adapters switch and its forward stops early, which would recompile or break graphs.
+            The first forward pays the compilation (about 30 s for SD1.5's VAE on a CPU).
         hub_kwargs: extra ``from_pretrained`` kwargs (``revision``, ``local_files_only``, ...).
     """
 
@@ -69,6 +78,8 @@ class GATEDiffusionBackbone(BaseModule):
                  std: Sequence[float] = (127.5, 127.5, 127.5),
                  amalgamation: dict | None = dict(),
                  keep_text_encoder: bool = False,
+                 batch_branches: bool = True,
+                 compile: bool | dict = False,
                  hub_kwargs: dict | None = None,
                  init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
@@ -103,6 +114,11 @@ class GATEDiffusionBackbone(BaseModule):
         self._load_adapters(sd, 'unet')
         self._load_controlnets(sd, resolve_dtype(dtype), hub_kwargs or {})
         sd.requires_grad_(False).eval()  # again: peft adapters and ControlNets arrived after __init__
+        if compile:
+            sd.compile_static_parts(**(compile if isinstance(compile, dict) else {}))
+        self.unet_adapter_keys = [self._unet_adapter_key(spec) for spec in self.specs]
+        self.batch_branches = batch_branches
+        self.branch_groups = plan_branch_groups(self.unet_adapter_keys, batch_branches)
         self.taps = tuple(taps)
         self.tap_modules = find_modules(sd.unet, self.taps)
         self.tap_channels, self.tap_strides = self._probe_taps()
@@ -132,6 +148,12 @@ class GATEDiffusionBackbone(BaseModule):
                     print_log(f'LoRA {lora.path} -> {target} adapter {name!r}: {targets[target]}', 'current')
         if target == 'unet':
             self._lora_params = [p for n, p in sd.unet.named_parameters() if 'lora_' in n]
+            self._lora_layers = lora_layers(sd.unet)
+
+    def _unet_adapter_key(self, spec: BranchSpec) -> tuple:
+        """The branch's UNet adapters as ``((adapter name, scale), ...)``."""
+        return tuple((self.adapter_names[lora.path], lora.scale) for lora in spec.loras
+                     if self.adapter_targets[self.adapter_names[lora.path]]['unet'])
 
     def _adapters(self, spec: BranchSpec, target: str) -> tuple[list[str], list[float]]:
         names, scales = [], []
@@ -300,38 +322,83 @@ class GATEDiffusionBackbone(BaseModule):
             latents = sd.encode_images(x, self.sample_posterior, generator)
             noisy = sd.add_noise(latents, self._noise(latents), self.timestep)
         t = torch.tensor(self.timestep, device=noisy.device)
-
-        conditions: dict[tuple, torch.Tensor] = {}
-        residuals: dict[tuple, tuple] = {}
-        per_level: list[list[torch.Tensor]] = [[] for _ in self.taps]
+        embeddings = []
         for spec, prompt_index in zip(self.specs, self.branch_prompt):
-            emb, emb_key = self._branch_embedding(spec, prompt_index, b)
-            emb = emb.to(sd.dtype)
-            down, mid = None, None
-            for net in spec.controlnets:
-                key = (net.path, net.condition_key, net.scale, emb_key)
-                if key not in residuals:
-                    if net.condition_key not in conditions:
-                        with timed('conditions'):
-                            conditions[net.condition_key] = build_condition(net.condition, pixels,
-                                                                            **dict(net.condition_cfg))
-                    with timed('controlnet'):
-                        residuals[key] = sd.controlnets[self.controlnet_index[net.path]](
-                            noisy, t, encoder_hidden_states=emb,
-                            controlnet_cond=conditions[net.condition_key].to(sd.dtype),
-                            conditioning_scale=net.scale, return_dict=False)
-                d, m = residuals[key]
-                down = list(d) if down is None else [a + r for a, r in zip(down, d)]  # MultiControlNet: sum
-                mid = m if mid is None else mid + m
+            emb, key = self._branch_embedding(spec, prompt_index, b)
+            embeddings.append((emb.to(sd.dtype), key))
+        residuals = self._controlnet_residuals(noisy, t, pixels, embeddings, timed)
+
+        per_level: list[list] = [[None] * len(self.specs) for _ in self.taps]
+        for group in self.branch_groups:
             with timed('unet'):
-                self._set_unet_adapters(tuple((self.adapter_names[l.path], l.scale) for l in spec.loras
-                                              if self.adapter_targets[self.adapter_names[l.path]]['unet']))
-                outs = run_until_taps(sd.unet, self.tap_modules, noisy, t, encoder_hidden_states=emb,
-                                      down_block_additional_residuals=down, mid_block_additional_residual=mid,
-                                      return_dict=False)
-            for level, i in enumerate(self.level_order):
-                per_level[level].append(self._to_input_grid(outs[i].float(), h, w, self.tap_strides[i]))
+                outs = self._unet_pass(group, noisy, t, embeddings, residuals)
+            for branch, branch_outs in zip(group, outs):
+                for level, i in enumerate(self.level_order):
+                    per_level[level][branch] = self._to_input_grid(branch_outs[i].float(), h, w, self.tap_strides[i])
         return per_level
+
+    def _controlnet_residuals(self, noisy: torch.Tensor, t: torch.Tensor, pixels: torch.Tensor,
+                              embeddings: list[tuple], timed) -> list[tuple]:
+        """Per branch ``(down residuals, mid residual)`` (``(None, None)`` without ControlNet).
+
+        Control images are made once per condition; a ControlNet runs once per distinct prompt
+        embedding, the embeddings of one (net, condition, scale) batched into one call.
+        """
+        calls: dict = {}  # ControlNetSpec -> {embedding key: embedding}
+        for spec, (emb, key) in zip(self.specs, embeddings):
+            for net in spec.controlnets:
+                calls.setdefault(net, {}).setdefault(key, emb)
+        conditions: dict[tuple, torch.Tensor] = {}
+        done: dict[tuple, tuple] = {}  # (ControlNetSpec, embedding key) -> (down, mid)
+        b = noisy.shape[0]
+        for net, by_key in calls.items():
+            if net.condition_key not in conditions:
+                with timed('conditions'):
+                    conditions[net.condition_key] = build_condition(net.condition, pixels, **dict(net.condition_cfg))
+            cond = conditions[net.condition_key].to(self.sd.dtype)
+            keys = list(by_key)
+            for chunk in ([keys] if self.batch_branches else [[k] for k in keys]):
+                n = len(chunk)
+                with timed('controlnet'):
+                    down, mid = self.sd.controlnets[self.controlnet_index[net.path]](
+                        noisy.repeat(n, 1, 1, 1), t, encoder_hidden_states=torch.cat([by_key[k] for k in chunk]),
+                        controlnet_cond=cond.repeat(n, 1, 1, 1), conditioning_scale=net.scale, return_dict=False)
+                for j, key in enumerate(chunk):
+                    done[net, key] = ([d[j * b:(j + 1) * b] for d in down], mid[j * b:(j + 1) * b])
+        out = []
+        for spec, (_, key) in zip(self.specs, embeddings):
+            down = mid = None
+            for net in spec.controlnets:  # several ControlNets: residuals add up (MultiControlNet)
+                d, m = done[net, key]
+                down = d if down is None else [a + r for a, r in zip(down, d)]
+                mid = m if mid is None else mid + m
+            out.append((down, mid))
+        return out
+
+    def _unet_pass(self, group: list[int], noisy: torch.Tensor, t: torch.Tensor, embeddings: list[tuple],
+                   residuals: list[tuple]) -> list[list[torch.Tensor]]:
+        """One UNet call for the branches ``group``, stopped after the last tap: their tap outputs."""
+        n, b = len(group), noisy.shape[0]
+        down, mid = residuals[group[0]]
+        if n > 1 and any(residuals[i][0] is not None for i in group):
+            ref_down, ref_mid = next(residuals[i] for i in group if residuals[i][0] is not None)
+            zeros = ([torch.zeros_like(d) for d in ref_down], torch.zeros_like(ref_mid))  # x + 0 == x
+            parts = [residuals[i] if residuals[i][0] is not None else zeros for i in group]
+            down = [torch.cat([p[0][j] for p in parts]) for j in range(len(ref_down))]
+            mid = torch.cat([p[1] for p in parts])
+        keys = [self.unet_adapter_keys[i] for i in group]
+        adapters = tuple(dict.fromkeys(kv for key in keys for kv in key))
+        self._set_unet_adapters(adapters)
+        batch = contextlib.nullcontext()
+        if n > 1 and adapters:
+            batch = mixed_adapter_batch(self._lora_layers, [key[0][0] if key else BASE_ADAPTER
+                                                            for key in keys for _ in range(b)])
+        with batch:
+            outs = run_until_taps(self.sd.unet, self.tap_modules, noisy.repeat(n, 1, 1, 1) if n > 1 else noisy, t,
+                                  encoder_hidden_states=torch.cat([embeddings[i][0] for i in group]),
+                                  down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                                  return_dict=False)
+        return [[o[j * b:(j + 1) * b] for o in outs] for j in range(n)]
 
     def _to_input_grid(self, feat: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
         size = (math.ceil(h / stride), math.ceil(w / stride))
