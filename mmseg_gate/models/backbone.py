@@ -1,4 +1,4 @@
-"""GATEDiffusionBackbone: frozen Stable Diffusion features, one pass per branch, amalgamated per level."""
+"""GATEDiffusionBackbone: frozen Stable Diffusion features of several branches, amalgamated per level."""
 from __future__ import annotations
 
 import contextlib
