@@ -116,7 +116,8 @@ class GATEDiffusionBackbone(BaseModule):
         sd.requires_grad_(False).eval()  # again: peft adapters and ControlNets arrived after __init__
         if compile:
             sd.compile_static_parts(**(compile if isinstance(compile, dict) else {}))
-        self.unet_adapter_keys = [self._unet_adapter_key(spec) for spec in self.specs]
+        # per branch its UNet adapters as ((adapter name, scale), ...)
+        self.unet_adapter_keys = [tuple(zip(*self._adapters(spec, 'unet'))) for spec in self.specs]
         self.batch_branches = batch_branches
         self.branch_groups = plan_branch_groups(self.unet_adapter_keys, batch_branches)
         self.taps = tuple(taps)
@@ -149,11 +150,6 @@ class GATEDiffusionBackbone(BaseModule):
         if target == 'unet':
             self._lora_params = [p for n, p in sd.unet.named_parameters() if 'lora_' in n]
             self._lora_layers = lora_layers(sd.unet)
-
-    def _unet_adapter_key(self, spec: BranchSpec) -> tuple:
-        """The branch's UNet adapters as ``((adapter name, scale), ...)``."""
-        return tuple((self.adapter_names[lora.path], lora.scale) for lora in spec.loras
-                     if self.adapter_targets[self.adapter_names[lora.path]]['unet'])
 
     def _adapters(self, spec: BranchSpec, target: str) -> tuple[list[str], list[float]]:
         names, scales = [], []
