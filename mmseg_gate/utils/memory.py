@@ -1,0 +1,31 @@
+"""Give memory that PyTorch freed on the CPU back to the operating system."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or ``None`` where the C library has none (macOS, musl, Windows)."""
+    name = ctypes.util.find_library('c')
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_heap_memory() -> bool:
+    """Return the C heap's free pages to the OS; ``True`` if the C library could.
+
+    Why: glibc keeps the pages of freed blocks below its mmap threshold (up to 32 MB, i.e. most UNet
+    activations) for reuse, but blocks above it (full-resolution VAE activations) are mapped anew.
+    Without a trim the next iteration's VAE pass stacks on the ~0.4 GB the UNet left in the heap
+    (SD1.5, 512x512, 3 branches); trimming costs ~30 ms.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
