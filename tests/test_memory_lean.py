@@ -46,7 +46,8 @@ def test_inplace_resnet_overwrites_its_input_and_only_the_vae_encoder_uses_it(ti
 
 def test_chunked_feed_forward_keeps_per_sample_adapters(tiny, image):
     """Chunks along the tokens keep the batched branches (each with its own LoRA) together."""
-    backbone = build(backbone_cfg(tiny, branches=gate_branches(tiny), amalgamation=None, feed_forward_chunks=1))
+    backbone = build(backbone_cfg(tiny, branches=gate_branches(tiny), amalgamation=dict(hidden_channels=8),
+                                    feed_forward_chunks=1))
     unet = backbone.frozen_modules().unet
     expected = backbone.extract(image)
     calls = []
@@ -91,3 +92,18 @@ def test_heap_is_trimmed_between_stages_on_cpu_only_when_enabled(tiny, image, mo
     assert len(calls) == 3  # before the VAE, the ControlNets and the UNet
     build(backbone_cfg(tiny, release_cpu_memory=False)).extract(image)
     assert len(calls) == 3
+
+
+def test_controlnet_outputs_are_freed_before_the_batched_unet_pass(tiny, image):
+    import weakref
+    backbone = build(backbone_cfg(tiny, branches=gate_branches(tiny), amalgamation=dict(hidden_channels=8)))
+    sd = backbone.frozen_modules()
+    outputs, alive_at_unet = [], []
+    h1 = sd.controlnets['0'].register_forward_hook(
+        lambda m, a, out: outputs.extend(weakref.ref(t) for t in [*out[0], out[1]]))
+    h2 = sd.unet.register_forward_pre_hook(lambda m, a: alive_at_unet.append(sum(r() is not None for r in outputs)))
+    try:
+        backbone.extract(image)
+    finally:
+        h1.remove(), h2.remove()
+    assert outputs and alive_at_unet == [0]  # only the batched copies reach the UNet

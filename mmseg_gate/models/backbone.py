@@ -345,7 +345,7 @@ class GATEDiffusionBackbone(BaseModule):
         per_level: list[list] = [[None] * len(self.specs) for _ in self.taps]
         for group in self.branch_groups:
             with timed('unet'):
-                outs = self._unet_pass(group, noisy, t, embeddings, residuals)
+                outs = self._unet_pass(group, noisy, t, embeddings, self._take_residuals(residuals, group))
             for branch, branch_outs in zip(group, outs):
                 for level, i in enumerate(self.level_order):
                     per_level[level][branch] = self._to_input_grid(branch_outs[i].float(), h, w, self.tap_strides[i])
@@ -394,17 +394,32 @@ class GATEDiffusionBackbone(BaseModule):
             out.append((down, mid))
         return out
 
+    @staticmethod
+    def _take_residuals(residuals: list, group: list[int]) -> list[tuple]:
+        """The group's residuals, cleared from ``residuals``: the UNet pass then holds the only
+        references and frees the ControlNet outputs once it has batched them."""
+        taken = [residuals[i] for i in group]
+        for i in group:
+            residuals[i] = None
+        return taken
+
     def _unet_pass(self, group: list[int], noisy: torch.Tensor, t: torch.Tensor, embeddings: list[tuple],
                    residuals: list[tuple]) -> list[list[torch.Tensor]]:
-        """One UNet call for the branches ``group``, stopped after the last tap: their tap outputs."""
+        """One UNet call for the branches ``group``, stopped after the last tap: their tap outputs.
+
+        ``residuals``: the group's ControlNet residuals, handed over (see :meth:`_take_residuals`).
+        """
         n, b = len(group), noisy.shape[0]
-        down, mid = residuals[group[0]]
-        if n > 1 and any(residuals[i][0] is not None for i in group):
-            ref_down, ref_mid = next(residuals[i] for i in group if residuals[i][0] is not None)
+        down, mid = residuals[0]
+        if n > 1 and any(r[0] is not None for r in residuals):
+            ref_down, ref_mid = next(r for r in residuals if r[0] is not None)
             zeros = ([torch.zeros_like(d) for d in ref_down], torch.zeros_like(ref_mid))  # x + 0 == x
-            parts = [residuals[i] if residuals[i][0] is not None else zeros for i in group]
+            parts = [r if r[0] is not None else zeros for r in residuals]
             down = [torch.cat([p[0][j] for p in parts]) for j in range(len(ref_down))]
             mid = torch.cat([p[1] for p in parts])
+            # the batched copies are all the UNet needs: the ControlNet outputs and zeros go now
+            del ref_down, ref_mid, zeros, parts
+        del residuals
         keys = [self.unet_adapter_keys[i] for i in group]
         adapters = tuple(dict.fromkeys(kv for key in keys for kv in key))
         self._set_unet_adapters(adapters)
