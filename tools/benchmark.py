@@ -156,6 +156,9 @@ def worker(args) -> None:
                                      branches=branches, prompt=PROMPT, timestep=50, dtype=args.dtype, taps=TAPS,
                                      amalgamation=None if len(branches) == 1 else dict(),
                                      **args.gate_options)).to(device)
+        # both modes time extract(); the trainable part (--train-step) is built alike for both
+        # below, so the backbone's own amalgamation would be an unused second copy (~115 MB for sd15)
+        backbone.amalgamation = None
         extract, models = backbone.extract, [backbone.frozen_modules()]
         out_channels = [backbone.tap_channels[i] for i in backbone.level_order]
     else:
