@@ -69,7 +69,9 @@ class GATEDiffusionBackbone(BaseModule):
         release_cpu_memory: on CPU, hand freed memory back to the OS between stages (before the VAE,
             the ControlNets, the UNet and its middle block; glibc ``malloc_trim``): one stage's freed
             activations do not stay resident under the next (~0.45 GB lower peak RSS for SD1.5 at
-            512x512 with 3 branches, ~30 ms a trim). No effect on GPU or without glibc.
+            512x512 with 3 branches, ~30 ms a trim; skipped while the heap holds less than 64 MB
+            free, where refaulting the pages would cost more than it saves). No effect on GPU or
+            without glibc.
         hub_kwargs: extra ``from_pretrained`` kwargs (``revision``, ``local_files_only``, ...).
     """
 
