@@ -17,7 +17,7 @@ from .branch_batching import BASE_ADAPTER, lora_layers, mixed_adapter_batch, pla
 from .branches import BranchSpec, adapter_name_for, load_lora_adapter, parse_branches
 from .conditions import build_condition
 from .inference_blocks import chunk_feed_forward
-from ..utils.memory import release_free_heap_memory
+from ..utils.memory import GLIBC_MAX_MMAP_THRESHOLD, release_free_heap_memory
 from ..utils.timing import no_timer
 from .stable_diffusion import (FrozenStableDiffusion, check_weights_location, find_modules, resolve_dtype,
                                run_until_taps)
@@ -69,9 +69,9 @@ class GATEDiffusionBackbone(BaseModule):
         release_cpu_memory: on CPU, hand freed memory back to the OS between stages (before the VAE,
             the ControlNets, the UNet and its middle block; glibc ``malloc_trim``): one stage's freed
             activations do not stay resident under the next (~0.45 GB lower peak RSS for SD1.5 at
-            512x512 with 3 branches, ~30 ms a trim; skipped while the heap holds less than 64 MB
-            free, where refaulting the pages would cost more than it saves). No effect on GPU or
-            without glibc.
+            512x512 with 3 branches, ~30 ms a trim). Only in passes whose VAE activations exceed
+            glibc's 32 MB mmap threshold (smaller ones reuse the free heap, and trims would only
+            cost page faults). No effect on GPU or without glibc.
         hub_kwargs: extra ``from_pretrained`` kwargs (``revision``, ``local_files_only``, ...).
     """
 
@@ -105,6 +105,7 @@ class GATEDiffusionBackbone(BaseModule):
         self.timestep, self.noise, self.noise_seed = int(timestep), noise, int(noise_seed)
         self.sample_posterior = sample_posterior
         self.release_cpu_memory = release_cpu_memory
+        self._trim_heap = False  # decided per forward pass by _heap_trims_pay
         self._active_adapters: tuple | None = None  # unknown until the first switch
         self.stage_timer = None  # a StageTimer to profile extract() (tools/benchmark.py)
         self._image_prompts: list | None = None
@@ -130,7 +131,7 @@ class GATEDiffusionBackbone(BaseModule):
         self._load_controlnets(sd, resolve_dtype(dtype), hub_kwargs or {})
         sd.requires_grad_(False).eval()  # again: peft adapters and ControlNets arrived after __init__
         if getattr(sd.unet, 'mid_block', None) is not None:  # the down blocks' freed activations go too
-            sd.unet.mid_block.register_forward_pre_hook(lambda module, args: self._release_cpu_memory(args[0].device))
+            sd.unet.mid_block.register_forward_pre_hook(lambda module, args: self._release_cpu_memory())
         if feed_forward_chunks < 1:
             raise ValueError(f'feed_forward_chunks={feed_forward_chunks}: use 1 (off) or more pieces')
         chunk_feed_forward(sd.unet, int(feed_forward_chunks))
@@ -327,14 +328,18 @@ class GATEDiffusionBackbone(BaseModule):
         in their own dtype, whatever the trainable parts use.
         """
         with torch.no_grad(), torch.autocast(img.device.type, enabled=False):
-            return self._extract(img)
+            try:
+                return self._extract(img)
+            finally:
+                self._trim_heap = False  # other users of the UNet (mid-block hook) must not trim
 
     def _extract(self, img: torch.Tensor) -> list[list[torch.Tensor]]:
         sd, timed = self.sd, self.stage_timer or no_timer
         b, _, h, w = img.shape
-        self._release_cpu_memory(img.device)
         with timed('vae'):
             x, pixels = self._prepare(img)
+            self._trim_heap = self._heap_trims_pay(x)
+            self._release_cpu_memory()
             generator = torch.Generator(x.device).manual_seed(self.noise_seed) if self.noise == 'fixed' else None
             latents = sd.encode_images(x, self.sample_posterior, generator)
             noisy = sd.add_noise(latents, self._noise(latents), self.timestep)
@@ -343,9 +348,9 @@ class GATEDiffusionBackbone(BaseModule):
         for spec, prompt_index in zip(self.specs, self.branch_prompt):
             emb, key = self._branch_embedding(spec, prompt_index, b)
             embeddings.append((emb.to(sd.dtype), key))
-        self._release_cpu_memory(img.device)
+        self._release_cpu_memory()
         residuals = self._controlnet_residuals(noisy, t, pixels, embeddings, timed)
-        self._release_cpu_memory(img.device)
+        self._release_cpu_memory()
 
         per_level: list[list] = [[None] * len(self.specs) for _ in self.taps]
         for group in self.branch_groups:
@@ -356,9 +361,22 @@ class GATEDiffusionBackbone(BaseModule):
                     per_level[level][branch] = self._to_input_grid(branch_outs[i].float(), h, w, self.tap_strides[i])
         return per_level
 
-    def _release_cpu_memory(self, device: torch.device) -> None:
+    def _heap_trims_pay(self, x: torch.Tensor) -> bool:
+        """Trim the heap in this pass only if the VAE's full-resolution activations will not fit in it.
+
+        Why: glibc serves blocks above its largest mmap threshold (32 MB) with fresh mappings, so those
+        stack on the free heap the previous stage left; smaller ones reuse it, and trimming then only
+        costs page faults (the tiny demo's training steps ran ~15% slower with trims).
+        """
+        if not (self.release_cpu_memory and x.device.type == 'cpu'):
+            return False
+        vae = self.sd.vae
+        activation_bytes = x[:, :1].numel() * vae.config.block_out_channels[0] * vae.dtype.itemsize
+        return activation_bytes > GLIBC_MAX_MMAP_THRESHOLD
+
+    def _release_cpu_memory(self) -> None:
         """Between stages on CPU: one stage's freed activations must not stay resident under the next."""
-        if self.release_cpu_memory and device.type == 'cpu':
+        if self._trim_heap:
             release_free_heap_memory()
 
     def _controlnet_residuals(self, noisy: torch.Tensor, t: torch.Tensor, pixels: torch.Tensor,
