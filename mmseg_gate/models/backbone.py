@@ -101,6 +101,8 @@ class GATEDiffusionBackbone(BaseModule):
             raise ValueError(f"noise={noise!r}: use 'fixed' (deterministic) or 'random'")
         if not taps:
             raise ValueError('taps is empty: name at least one UNet module, e.g. GATE_TAPS')
+        if feed_forward_chunks < 1:  # before the weights load, not after
+            raise ValueError(f'feed_forward_chunks={feed_forward_chunks}: use 1 (off) or more pieces')
         self.specs: list[BranchSpec] = parse_branches(branches, prompt)
         self.timestep, self.noise, self.noise_seed = int(timestep), noise, int(noise_seed)
         self.sample_posterior = sample_posterior
@@ -130,10 +132,9 @@ class GATEDiffusionBackbone(BaseModule):
         self._load_adapters(sd, 'unet')
         self._load_controlnets(sd, resolve_dtype(dtype), hub_kwargs or {})
         sd.requires_grad_(False).eval()  # again: peft adapters and ControlNets arrived after __init__
-        if getattr(sd.unet, 'mid_block', None) is not None:  # the down blocks' freed activations go too
+        if release_cpu_memory and getattr(sd.unet, 'mid_block', None) is not None:
+            # the down blocks' freed activations go too
             sd.unet.mid_block.register_forward_pre_hook(lambda module, args: self._release_cpu_memory())
-        if feed_forward_chunks < 1:
-            raise ValueError(f'feed_forward_chunks={feed_forward_chunks}: use 1 (off) or more pieces')
         chunk_feed_forward(sd.unet, int(feed_forward_chunks))
         if compile:
             sd.compile_static_parts(**(compile if isinstance(compile, dict) else {}))

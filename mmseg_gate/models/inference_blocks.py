@@ -66,12 +66,15 @@ def chunk_feed_forward(model: nn.Module, chunks: int, min_tokens: int = 1024) ->
     Why: a GEGLU feed-forward widens the tokens 8x; at SD's 1/8 level and with the branches batched,
     that one tensor is the UNet's largest (126 MB for 3 branches at 512x512). Chunks along the
     tokens keep the whole batch together, so peft's per-sample adapters still apply. Returns the
-    hook handles.
+    hook handles (none for ``chunks=1``: nothing to size on every call).
     """
+    if chunks <= 1:
+        return []
+
     def size_chunks(block, args, kwargs):
         hidden = args[0] if args else kwargs['hidden_states']
         tokens = hidden.shape[1] if hidden.ndim == 3 else 0
-        use = chunks > 1 and tokens >= min_tokens and tokens % chunks == 0
+        use = tokens >= min_tokens and tokens % chunks == 0
         block.set_chunk_feed_forward(tokens // chunks if use else None, dim=1)
 
     return [m.register_forward_pre_hook(size_chunks, with_kwargs=True) for m in model.modules()
