@@ -25,9 +25,8 @@ def release_free_heap_memory() -> bool:
 
     Why: glibc keeps the pages of freed blocks below its mmap threshold (up to 32 MB, i.e. most UNet
     activations) for reuse, but blocks above it (full-resolution VAE activations) are mapped anew.
-    Without a trim the next iteration's VAE pass stacks on the ~0.4 GB the UNet left in the heap
-    (SD1.5, 512x512, 3 branches); trimming costs ~30 ms, plus a page fault for each trimmed page used
-    again, so callers trim only where the blocks to come exceed ``GLIBC_MAX_MMAP_THRESHOLD``.
+    Without a trim the next iteration's VAE pass stacks on the hundreds of MB the UNet left in the
+    heap (SD1.5, 512x512, 3 branches); a trimmed page costs a page fault when it is used again, so callers trim only where the blocks to come exceed ``GLIBC_MAX_MMAP_THRESHOLD``.
     """
     trim = _malloc_trim()
     if trim is None:
