@@ -1,4 +1,4 @@
-# GATE on Cityscapes as in the paper (Table 2: 64.20 mIoU): 1024x1024 crops, resized to 512x512
+# GATE on Cityscapes as in the paper (Table 2: 64.20 mIoU): 1024x1024 crops, resized by 0.5 (to 512x512)
 # before Stable Diffusion (SD1.5's native size), features brought back to the crop's 1/8..1/32 grid.
 # See gate_cityscapes_native.py for SD at full crop resolution.
 _base_ = [
@@ -22,7 +22,7 @@ model = dict(
     backbone=dict(
         pretrained=sd_path,
         prompt=prompt,
-        unet_input_size=(512, 512),  # the paper: crops resized to 512 before the UNet
+        unet_input_scale=0.5,  # the paper: 1024 crops resized to 512 before SD (aspect ratio kept)
         branches=[
             dict(name='prompt'),
             dict(name='prompt_lora_a_canny', loras=[dict(path=lora_a, scale=1.0)], controlnets=[canny]),
@@ -30,7 +30,18 @@ model = dict(
         ]),
     decode_head=dict(num_classes=19),
     auxiliary_head=dict(num_classes=19),
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(768, 768)))
-train_dataloader = dict(batch_size=2, num_workers=4, dataset=dict(data_root=data_root))  # paper: batch 2
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(512, 512)))  # the authors' stride
+# the authors' training pipeline: a fixed (2048, 1024) resize, no random scaling (their cityscapes.py)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='Resize', scale=(2048, 1024), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(batch_size=2, num_workers=4,  # paper: batch 2
+                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader

@@ -1,14 +1,16 @@
 """mmseg-gate: Stable Diffusion features for MMSegmentation, with GATE's content-shift suppression.
 
-Importing the package registers :class:`GATEDiffusionBackbone` (and friends) in mmseg's registries,
+Importing the package registers :class:`GATEDiffusionBackbone`, the LoRA trainer (and friends) in mmseg's registries,
 so configs only need ``custom_imports = dict(imports=['mmseg_gate'])``.
 """
 from .checkpoint_compat import allow_mmengine_checkpoints
 from .datasets import LoadCaption
 from .engine import GATECheckHook, check_head_channels
+from .lora.training import SaveLoRAHook, StableDiffusionLoRA
 from .models import GATE_TAPS, GATEDiffusionBackbone
 from .version import __version__
 
 allow_mmengine_checkpoints()
 
-__all__ = ['GATEDiffusionBackbone', 'GATE_TAPS', 'GATECheckHook', 'check_head_channels', '__version__']
+__all__ = ['GATEDiffusionBackbone', 'GATE_TAPS', 'GATECheckHook', 'check_head_channels', 'StableDiffusionLoRA',
+           'SaveLoRAHook', '__version__']

@@ -29,12 +29,29 @@ def test_any_input_size(model, hw):
 
 
 def test_resize_mode_keeps_the_output_grid(tiny, image):
-    m = build(backbone_cfg(tiny, unet_input_size=(128, 128)))
+    m = build(backbone_cfg(tiny, unet_input_scale=2.0))
     feats = m(image)
     assert [f.shape[-2:] for f in feats] == [(8, 12), (4, 6), (2, 3)]
 
 
+def test_resize_keeps_the_aspect_ratio_of_non_square_crops(tiny, image_uint8):
+    """A 128x192 crop at scale 0.5: SD sees 64x96 (padded to 128), not a squashed square; the control
+    image comes from an antialiased bicubic resize of the pixels (the authors' PIL path)."""
+    import torch.nn.functional as F
+    m = build(backbone_cfg(tiny, unet_input_scale=0.5))
+    img = torch.from_numpy(image_uint8).permute(2, 0, 1)[None].float()
+    img = F.interpolate(img, size=(128, 192), mode='nearest') / 127.5 - 1
+    x, pixels = m._prepare(img)
+    assert m._sd_size(128, 192) == (64, 96) and tuple(x.shape[-2:]) == (64, 128)
+    ref = F.interpolate(((img + 1) * 127.5).round(), size=(64, 96), mode='bicubic', antialias=True).round().clamp(0, 255)
+    torch.testing.assert_close(pixels[..., :64, :96], ref)
+    assert [f.shape[-2:] for f in m(img)] == [(16, 24), (8, 12), (4, 6)]
+    with pytest.raises(ValueError, match='unet_input_scale'):
+        build(backbone_cfg(tiny, unet_input_size=(512, 512)))
+
+
 def test_deterministic_and_random_noise(tiny, model, image):
+    model.eval()
     a, b = model.extract(image), model.extract(image)
     assert all(torch.equal(x, y) for la, lb in zip(a, b) for x, y in zip(la, lb))
     # same image in another batch position: same features
@@ -109,8 +126,11 @@ def test_amalgamation_projection(tiny, image):
     assert [f.shape[1] for f in m(image)] == m.out_channels == [16, 24, 32]
 
 
-def test_refiners_are_independent_and_not_zero(model):
+def test_bottleneck_refiners_are_independent_and_not_zero(tiny):
+    model = build(backbone_cfg(tiny, branches=gate_branches(tiny), amalgamation=dict(
+        refiner='bottleneck', shared_assigner=False, hidden_channels=8, refine_blocks=2, fuse_blocks=1)))
     level = model.amalgamation.levels[0]
+    assert len(level.assigners) == 3
     blocks = [b for seq in level.refiners for b in seq]
     assert len({id(b) for b in blocks}) == len(blocks)
     assert all(b.expand.weight.abs().sum() > 0 for b in blocks)
@@ -118,6 +138,7 @@ def test_refiners_are_independent_and_not_zero(model):
 
 def test_autocast_does_not_reach_the_frozen_parts(model, image):
     """--amp wraps the forward in autocast; SD must still run in its own dtype (here fp32)."""
+    model.eval()
     plain = model.extract(image)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         amp = model.extract(image)

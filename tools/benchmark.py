@@ -135,7 +135,7 @@ def build_trainable(out_channels: list[int], n_branches: int, preset: str, devic
     head = MODELS.build(dict(type='UPerHead', in_channels=out_channels, in_index=[0, 1, 2], pool_scales=(1, 2, 3),
                              channels=512 if big else 32, dropout_ratio=0.1, num_classes=150, norm_cfg=norm,
                              align_corners=False, loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)))
-    aux = MODELS.build(dict(type='FCNHead', in_channels=out_channels[1], in_index=1, channels=256 if big else 16,
+    aux = MODELS.build(dict(type='FCNHead', in_channels=out_channels[1], in_index=1, channels=512 if big else 16,
                             num_convs=1, concat_input=False, num_classes=150, norm_cfg=norm, align_corners=False,
                             loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4)))
     return torch.nn.ModuleDict(dict(amalgamation=amalg, decode_head=head, auxiliary_head=aux)).to(device)
@@ -154,6 +154,9 @@ def worker(args) -> None:
         from mmseg.registry import MODELS
         backbone = MODELS.build(dict(type='GATEDiffusionBackbone', pretrained=str(Path(args.assets) / 'sd'),
                                      branches=branches, prompt=PROMPT, timestep=50, dtype=args.dtype, taps=TAPS,
+                                     # the reference's noise: one seeded pattern for all branches, posterior
+                                     # mode (the default 'gate' policy costs the same: per-branch draws only)
+                                     noise='fixed',
                                      amalgamation=None if len(branches) == 1 else dict(),
                                      **args.gate_options)).to(device)
         # both modes time extract(); the trainable part (--train-step) is built alike for both
@@ -253,6 +256,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.size % 64:
         parser.error(f'--size {args.size} must be a multiple of 64')
+    if args.train_step and args.batch < 2:
+        parser.error(f'--train-step needs --batch 2 or more (got {args.batch}): UPerHead\'s 1x1 pooling branch '
+                     'normalises over the batch, and BatchNorm cannot train on a single value per channel')
     if args.dtype is None:
         args.dtype = 'fp32' if args.device == 'cpu' else 'bf16'
     from mmseg_gate.testing.tiny_models import make_sd15_shaped, make_tiny_sd

@@ -22,7 +22,7 @@ model = dict(
             dict(name='prompt_lora_a_canny', loras=[dict(path=lora_a)], controlnets=[canny]),
             dict(name='prompt_lora_b_canny', loras=[dict(path=lora_b)], controlnets=[canny]),
         ],
-        amalgamation=dict(hidden_channels=32, refine_blocks=1, fuse_blocks=1, norm_cfg=norm_cfg)),
+        amalgamation=dict(hidden_channels=32, norm_cfg=norm_cfg)),
     decode_head=dict(in_channels=[64, 64, 64], channels=64, norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=64, channels=32, norm_cfg=norm_cfg),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(64, 64)))
@@ -48,8 +48,9 @@ test_dataloader = val_dataloader
 
 max_iters = 500
 optim_wrapper = dict(optimizer=dict(lr=2e-3))  # a higher rate than the paper's: tiny model, few steps
-param_scheduler = [dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=max_iters, by_epoch=False)]
+param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=max_iters, by_epoch=False)]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=max_iters, max_keep_ckpts=1))
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))  # gloo: DDP works on CPUs too
 randomness = dict(seed=0)
+auto_scale_lr = dict(base_batch_size=4)  # this config's batch: the demo's rate is not scaled

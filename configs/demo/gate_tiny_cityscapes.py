@@ -16,13 +16,13 @@ model = dict(
     backbone=dict(
         pretrained=sd_path,
         dtype='fp32',
-        unet_input_size=(64, 64),  # as the paper's 1024 -> 512, at tiny scale
+        unet_input_scale=0.5,  # as the paper's 1024 -> 512
         branches=[
             dict(name='prompt'),
             dict(name='prompt_lora_a_canny', loras=[dict(path=lora_a)], controlnets=[canny]),
             dict(name='prompt_lora_b_canny', loras=[dict(path=lora_b)], controlnets=[canny]),
         ],
-        amalgamation=dict(hidden_channels=32, refine_blocks=1, fuse_blocks=1, norm_cfg=norm_cfg)),
+        amalgamation=dict(hidden_channels=32, norm_cfg=norm_cfg)),
     decode_head=dict(in_channels=[64, 64, 64], channels=64, norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=64, channels=32, norm_cfg=norm_cfg),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(96, 96)))
@@ -48,7 +48,7 @@ test_dataloader = val_dataloader
 
 max_iters = 200
 optim_wrapper = dict(optimizer=dict(lr=2e-3))
-param_scheduler = [dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=max_iters, by_epoch=False)]
+param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=max_iters, by_epoch=False)]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=max_iters, max_keep_ckpts=1))
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))

@@ -44,14 +44,56 @@ def check_head_channels(segmentor: Any) -> None:
                              f'out_channels={out} at in_index={index}. Set model.{name}.in_channels={fix}.')
 
 
+def _gate_backbone(model: Any):
+    if is_model_wrapper(model):
+        model = model.module
+    backbone = getattr(model, 'backbone', None)
+    return backbone if hasattr(backbone, 'frozen_provenance') else None
+
+
+def provenance_differences(saved: dict, current: dict) -> list[str]:
+    """What differs between the frozen parts a checkpoint was trained on and those built now."""
+    diffs = []
+    saved_loras, current_loras = saved.get('loras', {}), current.get('loras', {})
+    for path in sorted(set(saved_loras) | set(current_loras)):
+        old, new = saved_loras.get(path), current_loras.get(path)
+        if old != new:
+            diffs.append(f'LoRA file {path!r}: trained with sha256 {old or "(not used)"}, '
+                         f'this model loaded {new or "(not used)"}')
+    for key in sorted((set(saved) | set(current)) - {'loras'}):
+        if saved.get(key) != current.get(key):
+            diffs.append(f'{key}: trained with {saved.get(key)!r}, this model has {current.get(key)!r}')
+    return diffs
+
+
 @HOOKS.register_module()
 class GATECheckHook(Hook):
-    """Checks head/backbone channel agreement before the first iteration (train, val or test)."""
+    """Checks head/backbone channel agreement before the first iteration (train, val or test), records
+    in every checkpoint's ``meta`` what the frozen parts were built from, and warns when a checkpoint
+    is loaded into a model built from other files (e.g. a retrained LoRA under the same name)."""
 
     priority = 'VERY_HIGH'
+    META_KEY = 'gate_frozen'
 
     def before_run(self, runner) -> None:
         check_head_channels(runner.model)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        backbone = _gate_backbone(runner.model)
+        if backbone is not None:
+            checkpoint.setdefault('meta', {})[self.META_KEY] = backbone.frozen_provenance()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        backbone = _gate_backbone(runner.model)
+        saved = (checkpoint.get('meta') or {}).get(self.META_KEY)
+        if backbone is None or saved is None:
+            return
+        diffs = provenance_differences(saved, backbone.frozen_provenance())
+        if diffs:
+            from mmengine.logging import print_log
+            import logging
+            print_log('The checkpoint was trained on other frozen weights than this model was built from; its '
+                      'trained parts may not fit them:\n  ' + '\n  '.join(diffs), 'current', logging.WARNING)
 
 
 def check_data_roots(cfg) -> None:

@@ -8,7 +8,11 @@ from mmengine.config import Config
 
 def _replace(node: Any, old: str, new: Any) -> Any:
     if isinstance(node, str):
-        return new if node == old else node
+        if node == old:
+            return new
+        if isinstance(new, str) and node.startswith(old.rstrip('/') + '/'):  # a path built from it
+            return new.rstrip('/') + node[len(old.rstrip('/')):]
+        return node
     if isinstance(node, dict):
         return type(node)({k: _replace(v, old, new) for k, v in node.items()})
     if isinstance(node, (list, tuple)):
@@ -21,7 +25,8 @@ def apply_cfg_options(cfg: Config, options: dict | None) -> Config:
 
     Configs name their weight and data locations once at the top (``sd_path = '...'``) and use them
     below; mmengine evaluates configs eagerly, so a plain override of ``sd_path`` would not reach
-    ``model.backbone.pretrained``. Here it does: each place that held the old value gets the new one.
+    ``model.backbone.pretrained``. Here it does: each place that held the old value gets the new one,
+    and each path under it (``data_root + '/captions.json'``) moves with it.
     """
     if not options:
         return cfg

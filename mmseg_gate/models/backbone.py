@@ -17,10 +17,12 @@ from .branch_batching import BASE_ADAPTER, lora_layers, mixed_adapter_batch, pla
 from .branches import BranchSpec, adapter_name_for, load_lora_adapter, parse_branches
 from .conditions import build_condition
 from .inference_blocks import chunk_feed_forward
+from .noise import NoisePolicy
+from ..utils.files import file_sha256
 from ..utils.memory import GLIBC_MAX_MMAP_THRESHOLD, release_free_heap_memory
 from ..utils.timing import no_timer
-from .stable_diffusion import (FrozenStableDiffusion, check_weights_location, find_modules, resolve_dtype,
-                               run_until_taps)
+from .stable_diffusion import (FrozenStableDiffusion, check_weights_location, find_modules,
+                               from_pretrained_or_explain, resolve_dtype, run_until_taps)
 
 #: outputs of the upsamplers of the first three up blocks (paper, Sec. 4): 1/32, 1/16, 1/8 for SD1.5
 GATE_TAPS = ('up_blocks.0.upsamplers.0', 'up_blocks.1.upsamplers.0', 'up_blocks.2.upsamplers.0')
@@ -42,15 +44,22 @@ class GATEDiffusionBackbone(BaseModule):
         branches: list of dicts ``dict(name, prompt=None, loras=[dict(path, scale)],
             controlnets=[dict(path, condition='canny', scale=1.0, condition_cfg={})])``.
         prompt: default prompt of every branch without its own.
-        timestep: noise level t the UNet sees (the paper: 50).
+        timestep: the scheduler's training timestep t (0..999): the latents are noised to
+            alpha_bar[t] and the UNet gets t. The authors' "t=50" went through PNDM's img2img
+            timesteps (``steps_offset=1``) and landed on 51, which the GATE configs use.
         taps: UNet module names whose outputs are the features.
         dtype: 'fp32' | 'fp16' | 'bf16' for the frozen parts (fp32 on CPU).
-        noise: 'fixed' (seeded, same image -> same features; default) or 'random'.
-        noise_seed: seed of the fixed noise.
-        sample_posterior: sample the VAE posterior instead of taking its mode.
-        unet_input_size: (h, w) to resize every input to before SD (e.g. (512, 512) for large
-            Cityscapes crops); ``None`` pads to a valid size instead. Features are brought back to
-            the input's 1/stride grid either way.
+        noise: the noise policy (:mod:`.noise`): ``'gate'`` (default, the authors' training: fresh
+            posterior sample and noise per branch and step while training; seeded per branch in
+            eval, so the same image gives the same features), ``'fixed'`` (one seeded pattern for
+            all branches, train and eval, posterior mode) or ``'random'`` (fresh also in eval).
+        noise_seed: seed of the deterministic draws.
+        sample_posterior: sample the VAE posterior (``None``: as the noise policy says).
+        unet_input_scale: resize every input by this factor before SD, keeping its aspect ratio
+            (0.5: the paper's Cityscapes 1024 crops -> 512), then pad as usual; the SD input is
+            resized bilinearly and the control images are made from an antialiased bicubic resize
+            of the pixels (as the authors' PIL path). Features are brought back to the input's
+            1/stride grid. ``None`` (default): no resize.
         mean, std: the data preprocessor's normalisation, undone here.
         amalgamation: kwargs of :class:`Amalgamation`, or ``None`` to return a single branch's raw
             features.
@@ -82,9 +91,10 @@ class GATEDiffusionBackbone(BaseModule):
                  timestep: int = 50,
                  taps: Sequence[str] = GATE_TAPS,
                  dtype: str = 'fp32',
-                 noise: str = 'fixed',
+                 noise: str = 'gate',
                  noise_seed: int = 0,
-                 sample_posterior: bool = False,
+                 sample_posterior: bool | None = None,
+                 unet_input_scale: float | None = None,
                  unet_input_size: Sequence[int] | None = None,
                  mean: Sequence[float] = (127.5, 127.5, 127.5),
                  std: Sequence[float] = (127.5, 127.5, 127.5),
@@ -97,22 +107,25 @@ class GATEDiffusionBackbone(BaseModule):
                  hub_kwargs: dict | None = None,
                  init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
-        if noise not in ('fixed', 'random'):
-            raise ValueError(f"noise={noise!r}: use 'fixed' (deterministic) or 'random'")
+        self.noise_policy = NoisePolicy(noise, noise_seed, sample_posterior)
+        if unet_input_size is not None:
+            raise ValueError(f'unet_input_size={unet_input_size} squashed non-square crops and is gone: use '
+                             'unet_input_scale (e.g. 0.5 for 1024 crops -> 512), which keeps the aspect ratio')
+        if unet_input_scale is not None and not unet_input_scale > 0:
+            raise ValueError(f'unet_input_scale={unet_input_scale}: use a positive factor (or None for no resize)')
         if not taps:
             raise ValueError('taps is empty: name at least one UNet module, e.g. GATE_TAPS')
         if feed_forward_chunks < 1:  # before the weights load, not after
             raise ValueError(f'feed_forward_chunks={feed_forward_chunks}: use 1 (off) or more pieces')
         self.specs: list[BranchSpec] = parse_branches(branches, prompt)
-        self.timestep, self.noise, self.noise_seed = int(timestep), noise, int(noise_seed)
-        self.sample_posterior = sample_posterior
+        self.timestep = int(timestep)
         self.release_cpu_memory = release_cpu_memory
         self._trim_heap = False  # decided per forward pass by _heap_trims_pay
         self._active_adapters: tuple | None = None  # unknown until the first switch
         self.stage_timer = None  # a StageTimer to profile extract() (tools/benchmark.py)
         self._image_prompts: list | None = None
         self._prompt_cache: dict = {}
-        self.unet_input_size = tuple(unet_input_size) if unet_input_size else None
+        self.unet_input_scale = float(unet_input_scale) if unet_input_scale else None
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
@@ -124,6 +137,7 @@ class GATEDiffusionBackbone(BaseModule):
             raise ValueError(f'timestep={timestep} is outside [0, {sd.scheduler.config.num_train_timesteps})')
         self.adapter_names: dict[str, str] = {}
         self.adapter_targets: dict[str, dict[str, bool]] = {}
+        self.lora_sha256: dict[str, str] = {}
         self._load_adapters(sd, 'text_encoder')
         self._encode_prompts(sd)
         if not keep_text_encoder:
@@ -169,6 +183,8 @@ class GATEDiffusionBackbone(BaseModule):
                     # runs before the UNet is loaded, and holding the parsed files in between costs memory
                     targets[target] = load_lora_adapter(getattr(sd, target), lora.path, name, target)
                     print_log(f'LoRA {lora.path} -> {target} adapter {name!r}: {targets[target]}', 'current')
+                if lora.path not in self.lora_sha256:  # what was loaded, for the checkpoints' meta
+                    self.lora_sha256[lora.path] = file_sha256(lora.path)
         if target == 'unet':
             self._lora_params = [p for n, p in sd.unet.named_parameters() if 'lora_' in n]
             self._lora_layers = lora_layers(sd.unet)
@@ -245,7 +261,8 @@ class GATEDiffusionBackbone(BaseModule):
         sd.controlnets = nn.ModuleDict()
         for path, key in self.controlnet_index.items():
             check_weights_location(path, 'ControlNet')
-            net = ControlNetModel.from_pretrained(path, dtype=dtype, **hub_kwargs)
+            net = from_pretrained_or_explain(ControlNetModel.from_pretrained, path, 'ControlNet', dtype=dtype,
+                                             **hub_kwargs)
             if net.config.cross_attention_dim != sd.unet.config.cross_attention_dim:
                 raise ValueError(f'ControlNet {path!r} is for cross_attention_dim={net.config.cross_attention_dim}, '
                                  f'the UNet has {sd.unet.config.cross_attention_dim}: use a ControlNet made for '
@@ -270,6 +287,12 @@ class GATEDiffusionBackbone(BaseModule):
     def _apply(self, fn, recurse: bool = True):
         self.sd._apply(fn)  # device/dtype moves reach the hidden frozen stack too
         return super()._apply(fn, recurse)
+
+    def frozen_provenance(self) -> dict:
+        """What the frozen parts were built from (recorded in checkpoints by ``GATECheckHook``)."""
+        return dict(pretrained=str(self.sd.pretrained), loras=dict(self.lora_sha256),
+                    controlnets=sorted(self.controlnet_index), timestep=self.timestep, taps=list(self.taps),
+                    dtype=str(self.sd.dtype).replace('torch.', ''))
 
     def frozen_modules(self) -> FrozenStableDiffusion:
         """The frozen SD stack (VAE, UNet with adapters, ControlNets)."""
@@ -298,29 +321,31 @@ class GATEDiffusionBackbone(BaseModule):
             p.requires_grad_(False)
         self._active_adapters = key
 
+    def _sd_size(self, h: int, w: int) -> tuple[int, int]:
+        """The size SD sees of an ``h x w`` input, before padding."""
+        if self.unet_input_scale is None:
+            return h, w
+        return max(1, round(h * self.unet_input_scale)), max(1, round(w * self.unet_input_scale))
+
     def _prepare(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised input -> (SD input in [-1, 1], 0..255 pixels), padded or resized to a valid size."""
+        """Normalised input -> (SD input in [-1, 1], 0..255 pixels for the control images), resized by
+        ``unet_input_scale`` if set and padded to a valid size."""
         if img.ndim != 4 or img.shape[1] != 3:
             raise ValueError(f'GATEDiffusionBackbone expects [B, 3, H, W] RGB images, got shape '
                              f'{tuple(img.shape)}; convert grey/RGBA inputs to 3 channels in the pipeline')
         pixels = img.float() * self.std + self.mean
-        if self.unet_input_size is not None:
-            pixels = F.interpolate(pixels, size=self.unet_input_size, mode='bilinear', align_corners=False)
-        else:
-            m = self.sd.pad_multiple
-            h, w = pixels.shape[-2:]
-            pad = (0, -w % m, 0, -h % m)
-            if any(pad):
-                pixels = F.pad(pixels, pad, mode='replicate')
-        return pixels / 127.5 - 1.0, pixels
-
-    def _noise(self, latents: torch.Tensor) -> torch.Tensor:
-        if self.noise == 'random':
-            return torch.randn_like(latents)
-        # one fixed pattern shared by the batch, made on the CPU: identical on every device and
-        # independent of the batch position, so the same image always gives the same features
-        g = torch.Generator().manual_seed(self.noise_seed)
-        return torch.randn((1, *latents.shape[1:]), generator=g).to(latents).expand_as(latents)
+        x = pixels / 127.5 - 1.0
+        size = self._sd_size(*pixels.shape[-2:])
+        if size != tuple(pixels.shape[-2:]):
+            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)  # the authors' SD input
+            # their control images: PIL's (antialiased bicubic) resize of the uint8 image
+            pixels = F.interpolate(pixels.round().clamp(0, 255), size=size, mode='bicubic', align_corners=False,
+                                   antialias=True).round().clamp(0, 255)
+        m = self.sd.pad_multiple
+        pad = (0, -size[1] % m, 0, -size[0] % m)
+        if any(pad):
+            x, pixels = F.pad(x, pad, mode='replicate'), F.pad(pixels, pad, mode='replicate')
+        return x, pixels
 
     def extract(self, img: torch.Tensor) -> list[list[torch.Tensor]]:
         """Raw SD features: ``out[level][branch]`` as float32 ``[B, C, ceil(H/s), ceil(W/s)]``.
@@ -341,10 +366,11 @@ class GATEDiffusionBackbone(BaseModule):
             x, pixels = self._prepare(img)
             self._trim_heap = self._heap_trims_pay(x)
             self._release_cpu_memory()
-            generator = torch.Generator(x.device).manual_seed(self.noise_seed) if self.noise == 'fixed' else None
-            latents = sd.encode_images(x, self.sample_posterior, generator)
-            noisy = sd.add_noise(latents, self._noise(latents), self.timestep)
-        t = torch.tensor(self.timestep, device=noisy.device)
+            mean, std = sd.encode_posterior(x)
+            noisy = self.noise_policy.noisy_latents(  # one tensor per branch
+                mean, std, len(self.specs), self.training, lambda z, n: sd.add_noise(z, n, self.timestep))
+            del mean, std
+        t = torch.tensor(self.timestep, device=x.device)
         embeddings = []
         for spec, prompt_index in zip(self.specs, self.branch_prompt):
             emb, key = self._branch_embedding(spec, prompt_index, b)
@@ -380,20 +406,21 @@ class GATEDiffusionBackbone(BaseModule):
         if self._trim_heap:
             release_free_heap_memory()
 
-    def _controlnet_residuals(self, noisy: torch.Tensor, t: torch.Tensor, pixels: torch.Tensor,
+    def _controlnet_residuals(self, noisy: list[torch.Tensor], t: torch.Tensor, pixels: torch.Tensor,
                               embeddings: list[tuple], timed) -> list[tuple]:
         """Per branch ``(down residuals, mid residual)`` (``(None, None)`` without ControlNet).
 
-        Control images are made once per condition; a ControlNet runs once per distinct prompt
-        embedding, the embeddings of one (net, condition, scale) batched into one call.
+        Control images are made once per condition; a ControlNet runs once per distinct input (noisy
+        latents and prompt embedding), the inputs of one (net, condition, scale) batched into one call.
         """
-        calls: dict = {}  # ControlNetSpec -> {embedding key: embedding}
-        for spec, (emb, key) in zip(self.specs, embeddings):
+        calls: dict = {}  # ControlNetSpec -> {(noisy latents id, embedding key): (noisy, embedding)}
+        branch_keys = [(id(z), key) for z, (_, key) in zip(noisy, embeddings)]
+        for spec, z, (emb, _), key in zip(self.specs, noisy, embeddings, branch_keys):
             for net in spec.controlnets:
-                calls.setdefault(net, {}).setdefault(key, emb)
+                calls.setdefault(net, {}).setdefault(key, (z, emb))
         conditions: dict[tuple, torch.Tensor] = {}
-        done: dict[tuple, tuple] = {}  # (ControlNetSpec, embedding key) -> (down, mid)
-        b = noisy.shape[0]
+        done: dict[tuple, tuple] = {}  # (ControlNetSpec, input key) -> (down, mid)
+        b = noisy[0].shape[0]
         for net, by_key in calls.items():
             if net.condition_key not in conditions:
                 with timed('conditions'):
@@ -404,12 +431,13 @@ class GATEDiffusionBackbone(BaseModule):
                 n = len(chunk)
                 with timed('controlnet'):
                     down, mid = self.sd.controlnets[self.controlnet_index[net.path]](
-                        noisy.repeat(n, 1, 1, 1), t, encoder_hidden_states=torch.cat([by_key[k] for k in chunk]),
+                        torch.cat([by_key[k][0] for k in chunk]), t,
+                        encoder_hidden_states=torch.cat([by_key[k][1] for k in chunk]),
                         controlnet_cond=cond.repeat(n, 1, 1, 1), conditioning_scale=net.scale, return_dict=False)
                 for j, key in enumerate(chunk):
                     done[net, key] = ([d[j * b:(j + 1) * b] for d in down], mid[j * b:(j + 1) * b])
         out = []
-        for spec, (_, key) in zip(self.specs, embeddings):
+        for spec, key in zip(self.specs, branch_keys):
             down = mid = None
             for net in spec.controlnets:  # several ControlNets: residuals add up (MultiControlNet)
                 d, m = done[net, key]
@@ -427,13 +455,13 @@ class GATEDiffusionBackbone(BaseModule):
             residuals[i] = None
         return taken
 
-    def _unet_pass(self, group: list[int], noisy: torch.Tensor, t: torch.Tensor, embeddings: list[tuple],
+    def _unet_pass(self, group: list[int], noisy: list[torch.Tensor], t: torch.Tensor, embeddings: list[tuple],
                    residuals: list[tuple]) -> list[list[torch.Tensor]]:
         """One UNet call for the branches ``group``, stopped after the last tap: their tap outputs.
 
         ``residuals``: the group's ControlNet residuals, handed over (see :meth:`_take_residuals`).
         """
-        n, b = len(group), noisy.shape[0]
+        n, b = len(group), noisy[0].shape[0]
         down, mid = residuals[0]
         if n > 1 and any(r[0] is not None for r in residuals):
             ref_down, ref_mid = next(r for r in residuals if r[0] is not None)
@@ -452,17 +480,20 @@ class GATEDiffusionBackbone(BaseModule):
             batch = mixed_adapter_batch(self._lora_layers, [key[0][0] if key else BASE_ADAPTER
                                                             for key in keys for _ in range(b)])
         with batch:
-            outs = run_until_taps(self.sd.unet, self.tap_modules, noisy.repeat(n, 1, 1, 1) if n > 1 else noisy, t,
+            outs = run_until_taps(self.sd.unet, self.tap_modules, torch.cat([noisy[i] for i in group]), t,
                                   encoder_hidden_states=torch.cat([embeddings[i][0] for i in group]),
                                   down_block_additional_residuals=down, mid_block_additional_residual=mid,
                                   return_dict=False)
         return [[o[j * b:(j + 1) * b] for o in outs] for j in range(n)]
 
     def _to_input_grid(self, feat: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
+        """Crop the padding off; after a resize, interpolate back to the input's 1/stride grid."""
+        sd_h, sd_w = self._sd_size(h, w)
+        feat = feat[..., :math.ceil(sd_h / stride), :math.ceil(sd_w / stride)]
         size = (math.ceil(h / stride), math.ceil(w / stride))
-        if self.unet_input_size is not None:
-            return F.interpolate(feat, size=size, mode='bilinear', align_corners=False)
-        return feat[..., :size[0], :size[1]]
+        if tuple(feat.shape[-2:]) != size:
+            feat = F.interpolate(feat, size=size, mode='bilinear', align_corners=False)
+        return feat
 
     def forward(self, img: torch.Tensor) -> list[torch.Tensor]:
         feats = self.extract(img)

@@ -33,8 +33,9 @@ def canny(pixels: torch.Tensor, low_threshold: float = 100, high_threshold: floa
         pixels: ``[B, C, H, W]`` in the 0..255 range (any float dtype, any device).
         low_threshold, high_threshold: hysteresis thresholds on the L1 gradient magnitude, as in
             ``cv2.Canny(img, low_threshold, high_threshold)``.
-        max_hysteresis_iters: bound on edge-growing steps (default ``H + W``: enough for any chain
-            of weak pixels that bends at most once).
+        max_hysteresis_iters: safety bound on edge-growing steps; growing stops as soon as nothing
+            changes (default ``H * W``: the longest possible chain, so winding weak edges such as a
+            spiral are followed to their end, as OpenCV's stack-based hysteresis does).
 
     Returns:
         ``[B, 3, H, W]`` float32 in {0, 1}: the edge map repeated over three channels, the control
@@ -70,10 +71,10 @@ def canny(pixels: torch.Tensor, low_threshold: float = 100, high_threshold: floa
 
     weak = candidate.float()
     grown = edges.float()
-    iters = max_hysteresis_iters or (h + w)
+    iters = max_hysteresis_iters or (h * w)
     for step in range(iters):
         nxt = F.max_pool2d(grown, 3, stride=1, padding=1) * weak
-        if step % 8 == 7 and torch.equal(nxt, grown):
+        if step % 8 == 7 and torch.equal(nxt, grown):  # checked every 8 steps: the check costs a sync
             break
         grown = nxt
     return grown.expand(b, 3, h, w).contiguous()

@@ -25,26 +25,49 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def _not_found(path: str, what: str) -> str:
+    return (f'{what} not found at {str(path)!r}. Download it (e.g. `huggingface-cli download <repo> '
+            f'--local-dir {path}`) or point the config at the right folder (e.g. with '
+            f'--cfg-options); tiny test weights come from `python tools/make_tiny_sd.py`.')
+
+
+def _is_repo_id(path: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    try:
+        validate_repo_id(str(path))
+    except HFValidationError:
+        return False
+    return not str(path).startswith(('.', '/', '~'))
+
+
 def check_weights_location(path: str, what: str, subfolders: Sequence[str] = ()) -> None:
     """Fail before diffusers does, with a message that says what to download and where.
 
-    A string that is not an existing path but looks like ``owner/name`` is taken as a hub id and
-    left to ``from_pretrained`` (which uses the local cache when offline).
+    A string that is no existing path but a valid hub id (``owner/name``) is left to
+    ``from_pretrained`` (through :func:`from_pretrained_or_explain`, which turns a hub failure into
+    the same message: ``checkpoints/stable-diffusion-v1-5`` is a valid hub id too).
     """
     p = Path(os.path.expanduser(str(path)))
-    looks_like_hub_id = str(path).count('/') == 1 and not str(path).startswith(('.', '/', '~')) and not p.exists()
-    if looks_like_hub_id:
-        return
     if not p.exists():
-        raise FileNotFoundError(
-            f'{what} not found at {str(path)!r}. Download it (e.g. `huggingface-cli download <repo> '
-            f'--local-dir {path}`) or point the config at the right folder (e.g. with '
-            f'--cfg-options); tiny test weights come from `python tools/make_tiny_sd.py`.')
+        if _is_repo_id(path):
+            return
+        raise FileNotFoundError(_not_found(path, what))
     missing = [s for s in subfolders if not (p / s).is_dir()]
     if missing:
         raise FileNotFoundError(
             f'{what} at {str(path)!r} is not a diffusers folder: missing {missing}. Use the '
             'diffusers layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).')
+
+
+def from_pretrained_or_explain(load, path: str, what: str, **kwargs):
+    """``load(path, **kwargs)``; when ``path`` is no local folder and the hub fails too (offline, no
+    such repo), raise our "download it / point the config at it" message instead of the hub's."""
+    try:
+        return load(path, **kwargs)
+    except OSError as err:  # huggingface_hub and diffusers raise OSError subclasses for missing repos
+        if Path(os.path.expanduser(str(path))).exists():
+            raise
+        raise FileNotFoundError(f'{_not_found(path, what)} (tried it as a hub id: {type(err).__name__})') from err
 
 
 class _TapsComplete(Exception):
@@ -107,7 +130,9 @@ class FrozenStableDiffusion(nn.Module):
         self.pretrained, self.load_kwargs = pretrained, dict(dtype=dtype, **hub_kwargs)
         # text first: prompts are encoded and the encoder released before the large models load,
         # which keeps the build's peak memory at what the forward needs
-        self.text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder='text_encoder', **self.load_kwargs)
+        self.text_encoder = from_pretrained_or_explain(  # the first file to load: where a bad path shows
+            CLIPTextModel.from_pretrained, pretrained, 'Stable Diffusion model', subfolder='text_encoder',
+            **self.load_kwargs)
         self.tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder='tokenizer', **hub_kwargs)
         # add_noise only needs the betas; DDPM's formula is shared by SD's PNDM/DDIM/Euler configs
         self.scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder='scheduler', **hub_kwargs)
@@ -166,15 +191,20 @@ class FrozenStableDiffusion(nn.Module):
         gc.collect()
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, sample_posterior: bool = False,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images in [-1, 1] -> scaled latents (posterior mode unless ``sample_posterior``)."""
+    def encode_posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [-1, 1] -> the VAE posterior's mean and std, scaled as SD's latents, in float32."""
         images = images.to(self.dtype).contiguous(memory_format=torch.channels_last)
         dist = self.vae.encode(images).latent_dist
-        latents = dist.sample(generator) if sample_posterior else dist.mode()
-        return (latents * self.vae.config.scaling_factor).contiguous()  # the UNet runs faster in NCHW
+        scale = self.vae.config.scaling_factor
+        # the UNet runs faster in NCHW
+        return (dist.mean.float() * scale).contiguous(), (dist.std.float() * scale).contiguous()
 
     @torch.no_grad()
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        """``scheduler.add_noise`` computed in float32, cast to the frozen dtype after.
+
+        Why: diffusers computes sqrt(alpha_bar_t) in the latents' dtype; in bf16 alpha_bar_50 = 0.9516
+        becomes 0.9531, the noise level of t ~ 48.6.
+        """
         t = torch.full((latents.shape[0],), timestep, dtype=torch.long, device=latents.device)
-        return self.scheduler.add_noise(latents, noise.to(latents), t)
+        return self.scheduler.add_noise(latents.float(), noise.float(), t).to(self.dtype)

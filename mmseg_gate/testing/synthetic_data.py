@@ -6,6 +6,7 @@ does not): the demo's mIoU is far above chance only when training works.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -71,6 +72,7 @@ def make_ade20k_like(root: str | os.PathLike, num_train: int = 40, num_val: int 
     base = Path(root) / 'ADEChallengeData2016'
     rng = np.random.default_rng(seed)
     lut = np.array([c[0] for c in ADE_CLASSES], np.uint8)
+    tags = {}  # tag-style captions (as a WD14 tagger's) of the training images, from their labels
     for split, prefix, n in (('training', 'ADE_train', num_train), ('validation', 'ADE_val', num_val),
                              ('testing', 'ADE_test', num_val)):
         (base / 'images' / split).mkdir(parents=True, exist_ok=True)
@@ -82,6 +84,9 @@ def make_ade20k_like(root: str | os.PathLike, num_train: int = 40, num_val: int 
             cv2.imwrite(str(base / 'images' / split / f'{name}.jpg'), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
             if split != 'testing':
                 cv2.imwrite(str(base / 'annotations' / split / f'{name}.png'), lut[label])  # 0 stays 'other'
+            if split == 'training':
+                tags[f'images/training/{name}.jpg'] = ', '.join(ADE_CLASSES[k][1] for k in np.unique(label))
+    (base / 'captions_tags.json').write_text(json.dumps(tags, indent=1))
     return base
 
 

@@ -16,12 +16,16 @@ model = dict(
     backbone=dict(
         type='GATEDiffusionBackbone',
         pretrained='checkpoints/stable-diffusion-v1-5',  # set by each config's sd_path
-        timestep=50,             # the paper's t
+        timestep=51,             # the paper's "t=50": the authors' PNDM img2img timesteps land on 51
         dtype='bf16',            # frozen parts on GPU; use 'fp32' on CPU
         taps=('up_blocks.0.upsamplers.0', 'up_blocks.1.upsamplers.0', 'up_blocks.2.upsamplers.0'),
         prompt='',
         branches=[dict(name='basic')],
-        amalgamation=dict(hidden_channels=128, refine_blocks=4, fuse_blocks=2, norm_cfg=norm_cfg)),
+        # noise='gate' (default): fresh noise per branch and step in training, seeded per branch in eval
+        # the authors' effective amalgamation: refiners x + n*b (their zero-initialised ResBlocks),
+        # one weight assigner per level shared by the branches, nn.Dropout() = 0.5
+        amalgamation=dict(refiner='bias', refine_blocks=4, fuse_blocks=2, shared_assigner=True,
+                          hidden_channels=128, dropout=0.5, norm_cfg=norm_cfg)),
     decode_head=dict(
         type='UPerHead',
         in_channels=[640, 1280, 1280],  # backbone.out_channels: 1/8, 1/16, 1/32
@@ -39,9 +43,9 @@ model = dict(
         type='FCNHead',
         in_channels=1280,
         in_index=1,              # the middle (1/16) level
-        channels=256,
+        channels=512,            # the authors' head_c
         num_convs=1,
-        concat_input=False,
+        concat_input=False,      # theirs too: their upernet_r50 base sets it, their GATE config keeps it
         dropout_ratio=0.1,
         num_classes=150,
         norm_cfg=norm_cfg,
