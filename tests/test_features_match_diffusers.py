@@ -9,10 +9,11 @@ from conftest import backbone_cfg, build, gate_branches, lora
 TAPS = ('up_blocks.0.upsamplers.0', 'up_blocks.1.upsamplers.0', 'up_blocks.2.upsamplers.0')
 
 
-def reference_features(tiny, image, image_uint8, prompt='a photo', loras=(), controlnet=False, t=50):
-    """diffusers' pipeline pieces, full UNet forward, features captured by hooks."""
+def reference_features(tiny, image, image_uint8, prompt='a photo', loras=(), controlnet=False, t=50, sd=None):
+    """diffusers' pipeline pieces, full UNet forward, features captured by hooks (``sd``: another model
+    folder than the tiny base)."""
     from diffusers import ControlNetModel, StableDiffusionPipeline
-    pipe = StableDiffusionPipeline.from_pretrained(str(tiny / 'sd'), safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(str(sd or tiny / 'sd'), safety_checker=None)
     for i, path in enumerate(loras):
         pipe.load_lora_weights(path, adapter_name=f'l{i}')
     if loras:

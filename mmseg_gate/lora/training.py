@@ -193,7 +193,8 @@ class SaveLoRAHook(Hook):
         self.name = name
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        self._write(runner, f'{self.name}_iter_{runner.iter}.safetensors')
+        iteration = checkpoint.get('meta', {}).get('iter', runner.iter)  # the checkpoint's name: iter_<N>.pth
+        self._write(runner, f'{self.name}_iter_{iteration}.safetensors')
 
     def after_train(self, runner) -> None:
         path = self._write(runner, f'{self.name}.safetensors')

@@ -52,8 +52,8 @@ def unet_to_ldm(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_ldm_checkpoint(path: str | Path, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> Path:
     """One ``.safetensors`` file with the UNet and the CLIP text encoder in SD's original key layout."""
     tensors = unet_to_ldm(unet)
-    for key, value in text_encoder.state_dict().items():
-        tensors[f'cond_stage_model.transformer.{key}'] = value
+    for key, value in text_encoder.state_dict().items():  # transformers 5 drops the 'text_model.' level
+        tensors[f'cond_stage_model.transformer.text_model.{key.removeprefix("text_model.")}'] = value
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     return Path(path)
 
