@@ -24,3 +24,9 @@ def test_benchmark_json_and_feature_agreement(tiny, tmp_path):
     # one UNet + one ControlNet + adapters against three pipeline copies and two ControlNets
     assert r['gate']['frozen_params_m'] < 0.5 * r['reference']['frozen_params_m']
     assert 'speedup' in proc.stdout and 'gate/ref' in proc.stdout
+
+
+def test_train_step_with_batch_1_is_refused_up_front(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / 'tools' / 'benchmark.py'), '--train-step', '--batch', '1'],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and '--train-step needs --batch 2' in proc.stderr, proc.stderr[-2000:]

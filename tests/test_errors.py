@@ -11,6 +11,22 @@ def test_missing_pretrained(tmp_path):
         build(backbone_cfg(tmp_path, pretrained=str(tmp_path / 'nope')))
 
 
+def test_relative_default_path_is_not_mistaken_for_a_hub_id(tmp_path, monkeypatch):
+    """The configs' default 'checkpoints/...' is a valid hub id too: a new user without weights gets our
+    message, not the hub's, for the model and for the ControlNet."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="Stable Diffusion model not found at "
+                                                "'checkpoints/stable-diffusion-v1-5'.*Download it.*tried it as a hub id"):
+        build(backbone_cfg(tmp_path, pretrained='checkpoints/stable-diffusion-v1-5'))
+
+
+def test_relative_controlnet_path_message(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    net = dict(path='checkpoints/sd-controlnet-canny', condition='canny')
+    with pytest.raises(FileNotFoundError, match="ControlNet not found at 'checkpoints/sd-controlnet-canny'"):
+        build(backbone_cfg(tiny, branches=[dict(name='c', controlnets=[net])]))
+
+
 def test_pretrained_not_a_diffusers_folder(tmp_path):
     (tmp_path / 'sd').mkdir()
     with pytest.raises(FileNotFoundError, match="missing \\['unet'"):

@@ -25,7 +25,8 @@ def merged(tiny, tmp_path_factory):
     pipe.unload_lora_weights()
     pipe.save_pretrained(str(out / 'folder'))
     save_ldm_checkpoint(out / 'merged.safetensors', pipe.unet, pipe.text_encoder)
-    torch.save(pipe.unet.state_dict(), out / 'merged.ckpt')
+    from safetensors.torch import load_file  # the same as a pickle with Lightning extras, as .ckpt files are
+    torch.save({'state_dict': load_file(out / 'merged.safetensors'), 'global_step': 1}, out / 'merged.ckpt')
     return out
 
 
@@ -68,6 +69,10 @@ def test_extraction_errors(tiny, merged):
     from mmseg_gate.lora.extract import extract_lora, load_models
     with pytest.raises(ValueError, match='is a pickle.*--allow-pickle'):
         load_models(str(merged / 'merged.ckpt'), str(tiny / 'sd'), '--tuned')
+    from_pickle = load_models(str(merged / 'merged.ckpt'), str(tiny / 'sd'), '--tuned', allow_pickle=True)
+    want = load_models(str(merged / 'folder'), str(tiny / 'sd'), '--tuned')
+    for k, v in want['unet'].state_dict().items():
+        assert torch.equal(from_pickle['unet'].state_dict()[k], v), k
     base = load_models(str(tiny / 'sd'), str(tiny / 'sd'), '--base')
     sd2 = load_models(str(tiny / 'sd2'), str(tiny / 'sd'), '--tuned')
     with pytest.raises(ValueError, match=r"different architectures: unet layer '.*': --base has shape \(.*\), "

@@ -199,3 +199,40 @@ def test_shared_assigner_and_bias_refiners(gate, image):
     loss.backward()
     opt.step()
     assert refiner.bias.abs().sum() > 0 and is_bias(refiner)
+
+
+def test_checkpoints_record_frozen_parts_and_warn_on_another_lora(tiny, tmp_path):
+    import shutil
+    from types import SimpleNamespace
+    from unittest import mock
+    from mmseg_gate.engine.checks import GATECheckHook
+    from mmseg_gate.utils.files import file_sha256
+    path = tmp_path / 'mine.safetensors'
+    shutil.copy(tiny / 'lora' / 'a.safetensors', path)
+    cfg = backbone_cfg(tiny, amalgamation=None, branches=[dict(name='l', loras=[dict(path=str(path))])])
+    hook, ckpt = GATECheckHook(), {'meta': {}}
+    hook.before_save_checkpoint(SimpleNamespace(model=SimpleNamespace(backbone=build(cfg))), ckpt)
+    saved = ckpt['meta']['gate_frozen']
+    old = file_sha256(path)
+    assert saved['loras'] == {str(path): old} and saved['timestep'] == 50 and saved['dtype'] == 'float32'
+    same = SimpleNamespace(model=SimpleNamespace(backbone=build(cfg)))
+    with mock.patch('mmengine.logging.print_log') as log:
+        hook.after_load_checkpoint(same, ckpt)
+    assert not log.called  # same files: nothing to say
+    shutil.copy(tiny / 'lora' / 'b.safetensors', path)  # the LoRA retrained under the same name
+    other = SimpleNamespace(model=SimpleNamespace(backbone=build(cfg)))
+    with mock.patch('mmengine.logging.print_log') as log:
+        hook.after_load_checkpoint(other, ckpt)
+    message = log.call_args[0][0]
+    assert 'mine.safetensors' in message and old in message and file_sha256(path) in message
+
+
+def test_data_root_override_moves_paths_built_from_it():
+    from types import SimpleNamespace
+    from mmseg_gate.engine import load_tool_config
+    args = SimpleNamespace(config=os.path.join(ROOT, 'configs', 'per_image_prompts', 'gate_ade20k_captions.py'),
+                           cfg_options={'data_root': '/data/ade'}, launcher='none', work_dir=None)
+    cfg = load_tool_config(args)
+    loads = [t for t in cfg.train_dataloader.dataset.pipeline if t['type'] == 'LoadCaption']
+    assert loads[0]['captions_file'] == '/data/ade/captions.json' and loads[0]['data_root'] == '/data/ade'
+    assert cfg.train_dataloader.dataset.data_root == '/data/ade'

@@ -12,6 +12,7 @@ the layer's stride and padding) and the up factor a 1x1 convolution.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -65,12 +66,24 @@ def load_models(path: str, base: str, what: str, allow_pickle: bool = False,
         raise ValueError(f'{what} {str(path)!r}: expected a diffusers folder, .safetensors or .ckpt file')
     # the VAE is not needed: hand the base's in, so the file's VAE weights are not converted
     vae = AutoencoderKL.from_pretrained(base, subfolder='vae')
-    pipe = StableDiffusionPipeline.from_single_file(str(p), config=base, vae=vae, safety_checker=None,
-                                                    local_files_only=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if p.suffix in PICKLE_SUFFIXES:  # opted in: unpickle (also Lightning extras), hand diffusers the tensors
+            p = _pickle_to_safetensors(p, Path(tmp) / (p.stem + '.safetensors'))
+        pipe = StableDiffusionPipeline.from_single_file(str(p), config=base, vae=vae, safety_checker=None,
+                                                        local_files_only=True)
     models = {'unet': pipe.unet}
     if text_encoder:
         models['text_encoder'] = pipe.text_encoder
     return models
+
+
+def _pickle_to_safetensors(path: Path, out: Path) -> Path:
+    """The tensors of a pickled SD checkpoint (``state_dict`` of a Lightning file, or the file itself)."""
+    from safetensors.torch import save_file
+    ckpt = torch.load(path, map_location='cpu', weights_only=False)  # the caller passed --allow-pickle
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
+    save_file({k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}, str(out))
+    return out
 
 
 def _layers(model: nn.Module) -> dict[str, nn.Module]:

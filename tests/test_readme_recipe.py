@@ -1,0 +1,43 @@
+"""The README's "Reproducing GATE" commands run as written on the tiny assets (paths swapped)."""
+import re
+import shlex
+import sys
+
+from test_lora import merged  # noqa: F401  (fixture: the tiny base with a LoCon merged, as one .ckpt)
+from test_tools_e2e import REPO, SHORT, run, workspace  # noqa: F401  (workspace: a fixture)
+
+
+def recipe_commands() -> list[str]:
+    text = (REPO / 'README.md').read_text()
+    block = re.search(r'<!-- recipe -->\n```bash\n(.*?)```\n<!-- /recipe -->', text, re.S).group(1)
+    commands = block.replace('\\\n', ' ').splitlines()
+    return [' '.join(c.split()) for c in commands if c.strip() and not c.startswith('#')]
+
+
+def test_readme_recipe_runs_on_the_tiny_assets(workspace, merged):  # noqa: F811
+    from mmseg_gate.testing import make_tiny_captioner
+    make_tiny_captioner(workspace / 'blip')
+    swaps = {'configs/lora/lora_ade20k_a.py': str(REPO / 'configs/demo/lora_tiny_ade20k.py'),
+             'configs/lora/lora_ade20k_b.py': str(REPO / 'configs/demo/lora_tiny_ade20k.py'),
+             'configs/gate_ade20k.py': str(REPO / 'configs/demo/gate_tiny_ade20k.py'),
+             'checkpoints/stable-diffusion-v1-5': 'data/tiny_sd/sd',
+             'checkpoints/blip-image-captioning-large': 'blip',
+             'data/ade/ADEChallengeData2016': 'data/demo/ADEChallengeData2016',
+             'downloads/lora2a.ckpt': str(merged / 'merged.ckpt'), 'downloads/lora2b.ckpt': str(merged / 'merged.ckpt'),
+             'iter_80000.pth': 'iter_2.pth', 'python tools/': f'{sys.executable} {REPO}/tools/'}
+    commands = recipe_commands()
+    assert len(commands) == 8, commands
+    for command in commands:
+        for old, new in swaps.items():
+            command = command.replace(old, new)
+        args = shlex.split(command)
+        if 'lora_tiny' in command:  # a few iterations: the LoRA test checks the training itself
+            args += ['--cfg-options', 'train_cfg.max_iters=4', 'default_hooks.checkpoint.interval=4']
+        elif 'train.py' in command:
+            args += SHORT  # appended to the command's --cfg-options
+        if 'caption.py' in command:
+            args += ['--max-new-tokens', '4']
+        _, out = run(workspace, *args)
+        if 'test.py' in command:
+            assert re.search(r'mIoU: [\d.]+', out), out[-2000:]
+    assert (workspace / 'work_dirs/gate_ade20k/iter_2.pth').exists()
