@@ -163,7 +163,8 @@ def run(args) -> dict:
     backbone = MODELS.build(dict(
         type='GATEDiffusionBackbone', pretrained=args.sd, dtype=args.dtype, timestep=args.timestep,
         prompt=reference.get('prompt', ''), branches=[dict(name='reference'), dict(name='technique', **branch)],
-        amalgamation=dict())).to(args.device)
+        noise='fixed',  # reference and technique scored on the same noisy latents
+        amalgamation=dict())).to(args.device).eval()
     lpips_model = None
     if args.lpips_weights:
         try:

@@ -37,7 +37,8 @@ class NoisePolicy:
         self.mode, self.seed = mode, int(seed)
         self.sample_posterior = mode != 'fixed' if sample_posterior is None else bool(sample_posterior)
 
-    def shared_across_branches(self, training: bool) -> bool:
+    @property
+    def shared_across_branches(self) -> bool:
         """Whether every branch sees the same noisy latents (then ControlNet calls can be shared)."""
         return self.mode == 'fixed'
 
@@ -59,7 +60,7 @@ class NoisePolicy:
 
         In ``'fixed'`` mode one tensor is computed and the same object returned for every branch.
         """
-        count = 1 if self.shared_across_branches(training) else num_branches
+        count = 1 if self.shared_across_branches else num_branches
         out = []
         for branch in range(count):
             seed = self.seed + branch
