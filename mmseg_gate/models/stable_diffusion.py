@@ -25,10 +25,16 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+#: what the GATE configs expect at their default paths (README: "Reproducing GATE")
+_HUB_REPOS = {'Stable Diffusion model': 'stable-diffusion-v1-5/stable-diffusion-v1-5',
+              'ControlNet': 'lllyasviel/sd-controlnet-canny'}
+
+
 def _not_found(path: str, what: str) -> str:
-    return (f'{what} not found at {str(path)!r}. Download it (e.g. `huggingface-cli download <repo> '
-            f'--local-dir {path}`) or point the config at the right folder (e.g. with '
-            f'--cfg-options); tiny test weights come from `python tools/make_tiny_sd.py`.')
+    repo = _HUB_REPOS.get(what, '<repo>')
+    return (f'{what} not found at {str(path)!r}. Download it (e.g. `hf download {repo} --local-dir {path}`; '
+            'the README\'s "Reproducing GATE" lists the files to include) or point the config at the right '
+            'folder (e.g. with --cfg-options); tiny test weights come from `python tools/make_tiny_sd.py`.')
 
 
 def _is_repo_id(path: str) -> bool:
