@@ -83,17 +83,17 @@ def test_vae_weights_leave_the_safetensors_mapping(tiny, tmp_path):
 
 
 def test_heap_is_trimmed_between_stages_on_cpu_only_when_enabled(tiny, image, monkeypatch):
-    from mmseg_gate.models import backbone as backbone_module
+    from mmseg_gate.utils import memory as memory_module
     from mmseg_gate.utils import release_free_heap_memory
     if sys.platform.startswith('linux'):
         assert release_free_heap_memory()  # glibc has malloc_trim
     calls = []
-    monkeypatch.setattr(backbone_module, 'release_free_heap_memory', lambda: calls.append(1))
+    monkeypatch.setattr(memory_module, 'release_free_heap_memory', lambda: calls.append(1))
     backbone = build(backbone_cfg(tiny))
     calls.clear()
     backbone.extract(image)
     assert not calls  # the tiny VAE's activations fit in the heap: a trim would only cost page faults
-    monkeypatch.setattr(backbone_module, 'GLIBC_MAX_MMAP_THRESHOLD', 0)  # as if they were SD1.5's at 512
+    monkeypatch.setattr(memory_module, 'GLIBC_MAX_MMAP_THRESHOLD', 0)  # as if they were SD1.5's at 512
     backbone.extract(image)
     assert len(calls) == 4  # before the VAE, the ControlNets, the UNet and the UNet's middle block
     calls.clear()

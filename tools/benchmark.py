@@ -163,7 +163,7 @@ def worker(args) -> None:
         # below, so the backbone's own amalgamation would be an unused second copy (~115 MB for sd15)
         backbone.amalgamation = None
         extract, models = backbone.extract, [backbone.frozen_modules()]
-        out_channels = [backbone.tap_channels[i] for i in backbone.level_order]
+        out_channels = [sum(backbone.tap_info[i].channels for i in level) for level in backbone.levels]
     else:
         ref = ReferenceExtractor(Path(args.assets), branches, dtype, device, 50, args.reference_sample_posterior)
         extract, models = ref.extract, list(ref.models())

@@ -7,22 +7,21 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
-from torch import nn
 
+from ..utils.memory import HeapTrimPolicy
+from ..utils.timing import no_timer
 from .amalgamation import Amalgamation
 from .branch_batching import BASE_ADAPTER, lora_layers, mixed_adapter_batch, plan_branch_groups
-from .branches import BranchSpec, adapter_name_for, load_lora_adapter, parse_branches
-from .conditions import build_condition
+from .branches import AdapterRegistry, parse_branches
+from .controlnets import BranchInput, batch_residuals, controlnet_residuals, load_controlnets, take_residuals
+from .families import TextCondition
 from .inference_blocks import chunk_feed_forward
 from .noise import NoisePolicy
-from ..utils.files import file_sha256
-from ..utils.memory import GLIBC_MAX_MMAP_THRESHOLD, release_free_heap_memory
-from ..utils.timing import no_timer
-from .stable_diffusion import (FrozenStableDiffusion, check_weights_location, find_modules,
-                               from_pretrained_or_explain, resolve_dtype, run_until_taps)
+from .prompts import BranchPrompts
+from .stable_diffusion import FrozenStableDiffusion, find_modules, resolve_dtype, run_until_taps
+from .taps import feed_forwards_tapped, plan_levels, probe_taps, to_feature_map
 
 #: outputs of the upsamplers of the first three up blocks (paper, Sec. 4): 1/32, 1/16, 1/8 for SD1.5
 GATE_TAPS = ('up_blocks.0.upsamplers.0', 'up_blocks.1.upsamplers.0', 'up_blocks.2.upsamplers.0')
@@ -40,19 +39,28 @@ class GATEDiffusionBackbone(BaseModule):
     GATE taps) as every mmseg backbone; ``out_channels`` gives the head's ``in_channels``.
 
     Args:
-        pretrained: local diffusers folder or hub id of a Stable Diffusion model.
-        branches: list of dicts ``dict(name, prompt=None, loras=[dict(path, scale)],
-            controlnets=[dict(path, condition='canny', scale=1.0, condition_cfg={})])``.
+        pretrained: local diffusers folder or hub id of a Stable Diffusion model: SD1.x, SD2.x
+            (also 768 v-prediction) or SDXL, told apart by the folder (:mod:`.families`).
+        branches: list of dicts ``dict(name, prompt=None, timestep=None, loras=[dict(path, scale)],
+            controlnets=[dict(path, condition='canny', scale=1.0, condition_cfg={})])``; a branch's
+            own ``timestep`` (multi-timestep ensembles) still shares the batched UNet call.
         prompt: default prompt of every branch without its own.
         timestep: the scheduler's training timestep t (0..999): the latents are noised to
             alpha_bar[t] and the UNet gets t. The authors' "t=50" went through PNDM's img2img
             timesteps (``steps_offset=1``) and landed on 51, which the GATE configs use.
-        taps: UNet module names whose outputs are the features.
+        taps: UNet module names whose outputs are the features, in any order and at any depth:
+            feature maps (upsamplers, resnets, ``attentions.N``) or tokens (transformer blocks,
+            ``attn1``/``attn2`` and their projections, ``ff``), which are laid back on their latent
+            grid (:mod:`.taps`; ``tools/list_taps.py`` lists them). Levels are sorted by stride.
+        merge_same_stride: taps that share a stride form one level of concatenated channels
+            (``True``) or a level each (``False``).
         dtype: 'fp32' | 'fp16' | 'bf16' for the frozen parts (fp32 on CPU).
         noise: the noise policy (:mod:`.noise`): ``'gate'`` (default, the authors' training: fresh
             posterior sample and noise per branch and step while training; seeded per branch in
             eval, so the same image gives the same features), ``'fixed'`` (one seeded pattern for
-            all branches, train and eval, posterior mode) or ``'random'`` (fresh also in eval).
+            all branches, train and eval, posterior mode), ``'random'`` (fresh also in eval) or
+            ``'none'`` (clean latents, posterior mode: with ``timestep=0`` the features of the clean
+            image, as CleanDIFT's UNets expect).
         noise_seed: seed of the deterministic draws.
         sample_posterior: sample the VAE posterior (``None``: as the noise policy says).
         unet_input_scale: resize every input by this factor before SD, keeping its aspect ratio
@@ -81,6 +89,10 @@ class GATEDiffusionBackbone(BaseModule):
             lower peak RSS for SD1.5 at 512x512 with 3 branches, at the same speed). Only in passes whose VAE activations exceed
             glibc's 32 MB mmap threshold (smaller ones reuse the free heap, and trims would only
             cost page faults). No effect on GPU or without glibc.
+        vae: another VAE (folder or hub id), e.g. ``madebyollin/sdxl-vae-fp16-fix`` to run SDXL's VAE in
+            fp16 (without it an fp16 SDXL VAE runs in float32: it overflows in fp16).
+        unet: another UNet (folder with ``config.json``, pipeline folder or hub id): a fine-tune
+            (CleanDIFT, DreamBooth) with ``pretrained``'s VAE, text encoders and scheduler.
         hub_kwargs: extra ``from_pretrained`` kwargs (``revision``, ``local_files_only``, ...).
     """
 
@@ -90,6 +102,7 @@ class GATEDiffusionBackbone(BaseModule):
                  prompt: str = '',
                  timestep: int = 50,
                  taps: Sequence[str] = GATE_TAPS,
+                 merge_same_stride: bool = False,
                  dtype: str = 'fp32',
                  noise: str = 'gate',
                  noise_seed: int = 0,
@@ -104,6 +117,8 @@ class GATEDiffusionBackbone(BaseModule):
                  compile: bool | dict = False,
                  feed_forward_chunks: int = 4,
                  release_cpu_memory: bool = True,
+                 vae: str | None = None,
+                 unet: str | None = None,
                  hub_kwargs: dict | None = None,
                  init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
@@ -117,51 +132,53 @@ class GATEDiffusionBackbone(BaseModule):
             raise ValueError('taps is empty: name at least one UNet module, e.g. GATE_TAPS')
         if feed_forward_chunks < 1:  # before the weights load, not after
             raise ValueError(f'feed_forward_chunks={feed_forward_chunks}: use 1 (off) or more pieces')
-        self.specs: list[BranchSpec] = parse_branches(branches, prompt)
+        self.specs = parse_branches(branches, prompt)
         self.timestep = int(timestep)
-        self.release_cpu_memory = release_cpu_memory
-        self._trim_heap = False  # decided per forward pass by _heap_trims_pay
+        self.timesteps = [self.timestep if s.timestep is None else s.timestep for s in self.specs]
+        self.heap = HeapTrimPolicy(release_cpu_memory)
         self._active_adapters: tuple | None = None  # unknown until the first switch
         self.stage_timer = None  # a StageTimer to profile extract() (tools/benchmark.py)
-        self._image_prompts: list | None = None
-        self._prompt_cache: dict = {}
         self.unet_input_scale = float(unet_input_scale) if unet_input_scale else None
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
-        sd = FrozenStableDiffusion(pretrained, resolve_dtype(dtype), **(hub_kwargs or {}))
+        sd = FrozenStableDiffusion(pretrained, resolve_dtype(dtype), vae=vae, unet=unet, **(hub_kwargs or {}))
         # Not a registered submodule: frozen weights stay out of parameters(), state_dict(), the
         # optimizer and DDP; _apply() below still moves them with the model.
         object.__setattr__(self, 'sd', sd)
-        if not 0 <= self.timestep < sd.scheduler.config.num_train_timesteps:
-            raise ValueError(f'timestep={timestep} is outside [0, {sd.scheduler.config.num_train_timesteps})')
-        self.adapter_names: dict[str, str] = {}
-        self.adapter_targets: dict[str, dict[str, bool]] = {}
-        self.lora_sha256: dict[str, str] = {}
-        self._load_adapters(sd, 'text_encoder')
-        self._encode_prompts(sd)
+        steps = sd.scheduler.config.num_train_timesteps
+        for spec, t in zip(self.specs, self.timesteps):
+            if not 0 <= t < steps:
+                raise ValueError(f'timestep={t} (branch {spec.name!r}) is outside [0, {steps})')
+        self.adapters = AdapterRegistry(self.specs, sd.family)
+        unet_config = self._unet_config(sd)
+        for target in sd.text_encoders:
+            self.adapters.load(sd.text_encoders[target], target, unet_config)
+        self.prompts = BranchPrompts(sd, self.specs, self.adapters)
         if not keep_text_encoder:
             sd.release_text_encoder()
         sd.load_denoiser()
-        self._load_adapters(sd, 'unet')
-        self._load_controlnets(sd, resolve_dtype(dtype), hub_kwargs or {})
+        self.adapters.load(sd.unet, 'unet', sd.unet.config)
+        self._lora_params = [p for n, p in sd.unet.named_parameters() if 'lora_' in n]
+        self._lora_layers = lora_layers(sd.unet)
+        self.controlnet_index = load_controlnets(sd, self.specs, resolve_dtype(dtype), hub_kwargs or {})
         sd.requires_grad_(False).eval()  # again: peft adapters and ControlNets arrived after __init__
         if release_cpu_memory and getattr(sd.unet, 'mid_block', None) is not None:
             # the down blocks' freed activations go too
-            sd.unet.mid_block.register_forward_pre_hook(lambda module, args: self._release_cpu_memory())
-        chunk_feed_forward(sd.unet, int(feed_forward_chunks))
+            sd.unet.mid_block.register_forward_pre_hook(self.heap.release)
+        self.taps = tuple(taps)
+        self.tap_modules = find_modules(sd.unet, self.taps)
+        chunk_feed_forward(sd.unet, int(feed_forward_chunks), exclude=feed_forwards_tapped(sd.unet, self.taps))
         if compile:
             sd.compile_static_parts(**(compile if isinstance(compile, dict) else {}))
         # per branch its UNet adapters as ((adapter name, scale), ...)
-        self.unet_adapter_keys = [tuple(zip(*self._adapters(spec, 'unet'))) for spec in self.specs]
+        self.unet_adapter_keys = [tuple(zip(*self.adapters.of(spec, 'unet'))) for spec in self.specs]
         self.batch_branches = batch_branches
         self.branch_groups = plan_branch_groups(self.unet_adapter_keys, batch_branches)
-        self.taps = tuple(taps)
-        self.tap_modules = find_modules(sd.unet, self.taps)
-        self.tap_channels, self.tap_strides = self._probe_taps()
-        self.level_order = sorted(range(len(self.taps)), key=lambda i: self.tap_strides[i])
-        in_channels = [self.tap_channels[i] for i in self.level_order]
-        self.strides = [self.tap_strides[i] for i in self.level_order]
+        self.tap_info = self._probe_taps()
+        self.levels = plan_levels(self.tap_info, merge_same_stride)
+        in_channels = [sum(self.tap_info[i].channels for i in level) for level in self.levels]
+        self.strides = [self.tap_info[level[0]].stride for level in self.levels]
 
         if amalgamation is None:
             if len(self.specs) > 1:
@@ -173,115 +190,28 @@ class GATEDiffusionBackbone(BaseModule):
             self.out_channels = self.amalgamation.out_channels
 
     # ----------------------------------------------------------------- build helpers
-    def _load_adapters(self, sd: FrozenStableDiffusion, target: str) -> None:
-        """Every distinct LoRA file once, as a named adapter of ``target`` (if it has layers for it)."""
-        for spec in self.specs:
-            for lora in spec.loras:
-                name = adapter_name_for(lora.path, self.adapter_names)
-                targets = self.adapter_targets.setdefault(name, {})
-                if target not in targets:  # the file is read once per target: the text-encoder pass
-                    # runs before the UNet is loaded, and holding the parsed files in between costs memory
-                    targets[target] = load_lora_adapter(getattr(sd, target), lora.path, name, target)
-                    print_log(f'LoRA {lora.path} -> {target} adapter {name!r}: {targets[target]}', 'current')
-                if lora.path not in self.lora_sha256:  # what was loaded, for the checkpoints' meta
-                    self.lora_sha256[lora.path] = file_sha256(lora.path)
-        if target == 'unet':
-            self._lora_params = [p for n, p in sd.unet.named_parameters() if 'lora_' in n]
-            self._lora_layers = lora_layers(sd.unet)
-
-    def _adapters(self, spec: BranchSpec, target: str) -> tuple[list[str], list[float]]:
-        names, scales = [], []
-        for lora in spec.loras:
-            name = self.adapter_names[lora.path]
-            if self.adapter_targets[name][target]:
-                names.append(name)
-                scales.append(lora.scale)
-        return names, scales
-
-    def _text_embedding(self, prompt: str, names: list[str], scales: list[float]) -> torch.Tensor:
-        """CLIP embedding of ``prompt`` with the text-encoder LoRA adapters ``names`` active."""
-        from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
-        te = self.sd.text_encoder
-        if names:
-            set_adapter_layers(te, enabled=True)
-            set_weights_and_activate_adapters(te, names, scales)
-        elif any(t.get('text_encoder') for t in self.adapter_targets.values()):
-            set_adapter_layers(te, enabled=False)
-        return self.sd.encode_prompt(prompt).float()
-
-    def _encode_prompts(self, sd: FrozenStableDiffusion) -> None:
-        """One CLIP pass per distinct (prompt, text-encoder adapters); cached as non-persistent buffers."""
-        keys: dict[tuple, int] = {}
-        self.branch_prompt: list[int] = []
-        for spec in self.specs:
-            names, scales = self._adapters(spec, 'text_encoder')
-            key = (spec.prompt, tuple(names), tuple(scales))
-            if key not in keys:
-                keys[key] = len(keys)
-                self.register_buffer(f'prompt_embeds_{keys[key]}', self._text_embedding(spec.prompt, names, scales),
-                                     persistent=False)
-            self.branch_prompt.append(keys[key])
-
-    def set_prompts(self, prompts: Sequence[str | None] | None) -> None:
-        """Per-image prompts (e.g. captions) for the following forwards; ``None`` entries, or branches
-        with a prompt of their own, keep the configured prompt. Needs ``keep_text_encoder=True``."""
-        if prompts is not None and any(p is not None for p in prompts) and self.sd.text_encoder is None:
-            raise RuntimeError('per-image prompts need the text encoder: build the backbone with '
-                               'keep_text_encoder=True')
-        self._image_prompts = list(prompts) if prompts is not None else None
-
-    def _branch_embedding(self, spec: BranchSpec, prompt_index: int, batch: int) -> tuple[torch.Tensor, object]:
-        """The branch's text embedding for this batch and a hashable key of what it encodes."""
-        prompts = self._image_prompts
-        fixed = self.prompt_embeds(prompt_index)
-        if prompts is None or spec.own_prompt or all(p is None for p in prompts):
-            return fixed.expand(batch, -1, -1), prompt_index
-        if len(prompts) != batch:
-            raise ValueError(f'{len(prompts)} per-image prompts for a batch of {batch}')
-        names, scales = self._adapters(spec, 'text_encoder')
-        embeds, keys = [], []
-        for prompt in prompts:
-            if prompt is None:
-                embeds.append(fixed)
-                keys.append(prompt_index)
-                continue
-            key = (prompt, tuple(names), tuple(scales))
-            if key not in self._prompt_cache:
-                if len(self._prompt_cache) >= 1024:  # bounded: captions of a whole dataset would not fit
-                    self._prompt_cache.pop(next(iter(self._prompt_cache)))
-                self._prompt_cache[key] = self._text_embedding(prompt, names, scales).to(fixed.device)
-            embeds.append(self._prompt_cache[key])
-            keys.append(key)
-        return torch.cat(embeds), tuple(keys)
-
-    def _load_controlnets(self, sd: FrozenStableDiffusion, dtype: torch.dtype, hub_kwargs: dict) -> None:
-        from diffusers import ControlNetModel
-        paths = list(dict.fromkeys(c.path for s in self.specs for c in s.controlnets))
-        self.controlnet_index = {p: str(i) for i, p in enumerate(paths)}
-        sd.controlnets = nn.ModuleDict()
-        for path, key in self.controlnet_index.items():
-            check_weights_location(path, 'ControlNet')
-            net = from_pretrained_or_explain(ControlNetModel.from_pretrained, path, 'ControlNet', dtype=dtype,
-                                             **hub_kwargs)
-            if net.config.cross_attention_dim != sd.unet.config.cross_attention_dim:
-                raise ValueError(f'ControlNet {path!r} is for cross_attention_dim={net.config.cross_attention_dim}, '
-                                 f'the UNet has {sd.unet.config.cross_attention_dim}: use a ControlNet made for '
-                                 'this base model')
-            sd.controlnets[key] = net.requires_grad_(False).eval()
+    @staticmethod
+    def _unet_config(sd: FrozenStableDiffusion):
+        """The UNet's config before the UNet loads (SDXL LoRA files in SGM block names need it)."""
+        if sd.family.name != 'sdxl':
+            return None
+        from diffusers import UNet2DConditionModel
+        from diffusers.configuration_utils import FrozenDict
+        path, kwargs = (sd.unet_path, {}) if sd.unet_path else (sd.pretrained, dict(subfolder='unet'))
+        return FrozenDict(UNet2DConditionModel.load_config(path, **kwargs, **sd.hub_kwargs))
 
     @torch.no_grad()
-    def _probe_taps(self) -> tuple[list[int], list[int]]:
-        """One tiny UNet pass to learn each tap's channels and stride (relative to the image)."""
-        size = self.sd.unet_scale_factor * 2
-        latents = torch.zeros(1, self.sd.unet.config.in_channels, size, size, dtype=self.sd.dtype)
+    def _probe_taps(self):
+        """One tiny UNet pass on a non-square input to learn each tap's channels, stride and kind."""
+        m = self.sd.unet_scale_factor
+        latents = torch.zeros(1, self.sd.unet.config.in_channels, 2 * m, 3 * m, dtype=self.sd.dtype)
+        image_hw = (2 * m * self.sd.vae_scale_factor, 3 * m * self.sd.vae_scale_factor)
         self._set_unet_adapters(())
+        text = self.prompts.fixed(0).to(self.sd.dtype)
         outs = run_until_taps(self.sd.unet, self.tap_modules, latents, self.timestep,
-                              encoder_hidden_states=self.prompt_embeds(0).to(self.sd.dtype), return_dict=False)
-        for name, out in zip(self.taps, outs):
-            if out.ndim != 4:
-                raise ValueError(f'tap {name!r} gives a {out.ndim}-d tensor; taps must give [B, C, h, w] maps')
-        return ([o.shape[1] for o in outs],
-                [self.sd.vae_scale_factor * size // o.shape[-1] for o in outs])
+                              encoder_hidden_states=text.hidden, return_dict=False,
+                              **self.sd.family.unet_kwargs(text.pooled, image_hw))
+        return probe_taps(self.taps, outs, image_hw)
 
     # ----------------------------------------------------------------- nn.Module plumbing
     def _apply(self, fn, recurse: bool = True):
@@ -290,7 +220,7 @@ class GATEDiffusionBackbone(BaseModule):
 
     def frozen_provenance(self) -> dict:
         """What the frozen parts were built from (recorded in checkpoints by ``GATECheckHook``)."""
-        return dict(pretrained=str(self.sd.pretrained), loras=dict(self.lora_sha256),
+        return dict(pretrained=str(self.sd.pretrained), loras=dict(self.adapters.sha256),
                     controlnets=sorted(self.controlnet_index), timestep=self.timestep, taps=list(self.taps),
                     dtype=str(self.sd.dtype).replace('torch.', ''))
 
@@ -299,16 +229,17 @@ class GATEDiffusionBackbone(BaseModule):
         return self.sd
 
     def extra_repr(self) -> str:
-        return (f'pretrained={self.sd.pretrained!r}, branches={[s.name for s in self.specs]}, taps={self.taps}, '
-                f'timestep={self.timestep}, frozen dtype={self.sd.dtype}')
+        return (f'pretrained={self.sd.pretrained!r} ({self.sd.family.name}), branches={[s.name for s in self.specs]}, '
+                f'taps={self.taps}, timesteps={self.timesteps}, frozen dtype={self.sd.dtype}')
 
-    def prompt_embeds(self, index: int) -> torch.Tensor:
-        return getattr(self, f'prompt_embeds_{index}')
+    def set_prompts(self, prompts: Sequence[str | None] | None) -> None:
+        """Per-image prompts (e.g. captions) for the following forwards (:class:`BranchPrompts`)."""
+        self.prompts.set_prompts(prompts)
 
     # ----------------------------------------------------------------- forward
     def _set_unet_adapters(self, key: tuple) -> None:
         """Switch the shared UNet to the adapters ``key`` = ((name, scale), ...); no-op if already set."""
-        if key == self._active_adapters or not self.adapter_names:
+        if key == self._active_adapters or not self.adapters.names:
             self._active_adapters = key
             return
         unet = self.sd.unet
@@ -357,121 +288,56 @@ class GATEDiffusionBackbone(BaseModule):
             try:
                 return self._extract(img)
             finally:
-                self._trim_heap = False  # other users of the UNet (mid-block hook) must not trim
+                self.heap.stop()
 
     def _extract(self, img: torch.Tensor) -> list[list[torch.Tensor]]:
         sd, timed = self.sd, self.stage_timer or no_timer
         b, _, h, w = img.shape
         with timed('vae'):
             x, pixels = self._prepare(img)
-            self._trim_heap = self._heap_trims_pay(x)
-            self._release_cpu_memory()
+            self.heap.start(x, sd.vae)
+            self.heap.release()
             mean, std = sd.encode_posterior(x)
             noisy = self.noise_policy.noisy_latents(  # one tensor per branch
-                mean, std, len(self.specs), self.training, lambda z, n: sd.add_noise(z, n, self.timestep))
+                mean, std, self.timesteps, self.training, sd.add_noise)
             del mean, std
-        t = torch.tensor(self.timestep, device=x.device)
-        embeddings = []
-        for spec, prompt_index in zip(self.specs, self.branch_prompt):
-            emb, key = self._branch_embedding(spec, prompt_index, b)
-            embeddings.append((emb.to(sd.dtype), key))
-        self._release_cpu_memory()
-        residuals = self._controlnet_residuals(noisy, t, pixels, embeddings, timed)
-        self._release_cpu_memory()
+        unet_kwargs = self._unet_kwargs(self._sd_size(h, w))
+        inputs = []
+        for branch, (latents, t) in enumerate(zip(noisy, self.timesteps)):
+            text, text_key = self.prompts.branch_condition(branch, b)
+            inputs.append(BranchInput(latents, torch.full((b,), t, device=x.device), text.to(sd.dtype),
+                                      (id(latents), t, text_key)))
+        del noisy
+        self.heap.release()
+        residuals = controlnet_residuals(sd, self.controlnet_index, self.specs, inputs, pixels, unet_kwargs,
+                                         self.batch_branches, timed)
+        self.heap.release()
 
-        per_level: list[list] = [[None] * len(self.specs) for _ in self.taps]
+        per_level: list[list] = [[None] * len(self.specs) for _ in self.levels]
+        sd_hw = tuple(x.shape[-2:])
         for group in self.branch_groups:
             with timed('unet'):
-                outs = self._unet_pass(group, noisy, t, embeddings, self._take_residuals(residuals, group))
+                outs = self._unet_pass(group, inputs, take_residuals(residuals, group), unet_kwargs)
             for branch, branch_outs in zip(group, outs):
-                for level, i in enumerate(self.level_order):
-                    per_level[level][branch] = self._to_input_grid(branch_outs[i].float(), h, w, self.tap_strides[i])
+                for level, taps in enumerate(self.levels):
+                    maps = [to_feature_map(branch_outs[i], self.tap_info[i], sd_hw).float() for i in taps]
+                    feat = maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
+                    per_level[level][branch] = self._to_input_grid(feat, h, w, self.strides[level])
         return per_level
 
-    def _heap_trims_pay(self, x: torch.Tensor) -> bool:
-        """Trim the heap in this pass only if the VAE's full-resolution activations will not fit in it.
+    def _unet_kwargs(self, size: tuple[int, int]):
+        """The family's added conditions for a batch of text conditions (SDXL: pooled + time ids of
+        the SD input's size before padding)."""
+        return lambda pooled: self.sd.family.unet_kwargs(pooled, size)
 
-        Why: glibc serves blocks above its largest mmap threshold (32 MB) with fresh mappings, so those
-        stack on the free heap the previous stage left; smaller ones reuse it, and trimming then only
-        costs page faults (the tiny demo's training steps ran ~15% slower with trims).
-        """
-        if not (self.release_cpu_memory and x.device.type == 'cpu'):
-            return False
-        vae = self.sd.vae
-        activation_bytes = x[:, :1].numel() * vae.config.block_out_channels[0] * vae.dtype.itemsize
-        return activation_bytes > GLIBC_MAX_MMAP_THRESHOLD
-
-    def _release_cpu_memory(self) -> None:
-        """Between stages on CPU: one stage's freed activations must not stay resident under the next."""
-        if self._trim_heap:
-            release_free_heap_memory()
-
-    def _controlnet_residuals(self, noisy: list[torch.Tensor], t: torch.Tensor, pixels: torch.Tensor,
-                              embeddings: list[tuple], timed) -> list[tuple]:
-        """Per branch ``(down residuals, mid residual)`` (``(None, None)`` without ControlNet).
-
-        Control images are made once per condition; a ControlNet runs once per distinct input (noisy
-        latents and prompt embedding), the inputs of one (net, condition, scale) batched into one call.
-        """
-        calls: dict = {}  # ControlNetSpec -> {(noisy latents id, embedding key): (noisy, embedding)}
-        branch_keys = [(id(z), key) for z, (_, key) in zip(noisy, embeddings)]
-        for spec, z, (emb, _), key in zip(self.specs, noisy, embeddings, branch_keys):
-            for net in spec.controlnets:
-                calls.setdefault(net, {}).setdefault(key, (z, emb))
-        conditions: dict[tuple, torch.Tensor] = {}
-        done: dict[tuple, tuple] = {}  # (ControlNetSpec, input key) -> (down, mid)
-        b = noisy[0].shape[0]
-        for net, by_key in calls.items():
-            if net.condition_key not in conditions:
-                with timed('conditions'):
-                    conditions[net.condition_key] = build_condition(net.condition, pixels, **dict(net.condition_cfg))
-            cond = conditions[net.condition_key].to(self.sd.dtype)
-            keys = list(by_key)
-            for chunk in ([keys] if self.batch_branches else [[k] for k in keys]):
-                n = len(chunk)
-                with timed('controlnet'):
-                    down, mid = self.sd.controlnets[self.controlnet_index[net.path]](
-                        torch.cat([by_key[k][0] for k in chunk]), t,
-                        encoder_hidden_states=torch.cat([by_key[k][1] for k in chunk]),
-                        controlnet_cond=cond.repeat(n, 1, 1, 1), conditioning_scale=net.scale, return_dict=False)
-                for j, key in enumerate(chunk):
-                    done[net, key] = ([d[j * b:(j + 1) * b] for d in down], mid[j * b:(j + 1) * b])
-        out = []
-        for spec, key in zip(self.specs, branch_keys):
-            down = mid = None
-            for net in spec.controlnets:  # several ControlNets: residuals add up (MultiControlNet)
-                d, m = done[net, key]
-                down = d if down is None else [a + r for a, r in zip(down, d)]
-                mid = m if mid is None else mid + m
-            out.append((down, mid))
-        return out
-
-    @staticmethod
-    def _take_residuals(residuals: list, group: list[int]) -> list[tuple]:
-        """The group's residuals, cleared from ``residuals``: the UNet pass then holds the only
-        references and frees the ControlNet outputs once it has batched them."""
-        taken = [residuals[i] for i in group]
-        for i in group:
-            residuals[i] = None
-        return taken
-
-    def _unet_pass(self, group: list[int], noisy: list[torch.Tensor], t: torch.Tensor, embeddings: list[tuple],
-                   residuals: list[tuple]) -> list[list[torch.Tensor]]:
+    def _unet_pass(self, group: list[int], inputs: list[BranchInput], residuals: list[tuple],
+                   unet_kwargs) -> list[list[torch.Tensor]]:
         """One UNet call for the branches ``group``, stopped after the last tap: their tap outputs.
 
-        ``residuals``: the group's ControlNet residuals, handed over (see :meth:`_take_residuals`).
+        ``residuals``: the group's ControlNet residuals, handed over (see :func:`take_residuals`).
         """
-        n, b = len(group), noisy[0].shape[0]
-        down, mid = residuals[0]
-        if n > 1 and any(r[0] is not None for r in residuals):
-            ref_down, ref_mid = next(r for r in residuals if r[0] is not None)
-            zeros = ([torch.zeros_like(d) for d in ref_down], torch.zeros_like(ref_mid))  # x + 0 == x
-            parts = [r if r[0] is not None else zeros for r in residuals]
-            down = [torch.cat([p[0][j] for p in parts]) for j in range(len(ref_down))]
-            mid = torch.cat([p[1] for p in parts])
-            # the batched copies are all the UNet needs: the ControlNet outputs and zeros go now
-            del ref_down, ref_mid, zeros, parts
-        del residuals
+        n, b = len(group), inputs[0].noisy.shape[0]
+        down, mid = batch_residuals(residuals)
         keys = [self.unet_adapter_keys[i] for i in group]
         adapters = tuple(dict.fromkeys(kv for key in keys for kv in key))
         self._set_unet_adapters(adapters)
@@ -479,11 +345,13 @@ class GATEDiffusionBackbone(BaseModule):
         if n > 1 and adapters:
             batch = mixed_adapter_batch(self._lora_layers, [key[0][0] if key else BASE_ADAPTER
                                                             for key in keys for _ in range(b)])
+        parts = [inputs[i] for i in group]
+        text = TextCondition.cat([p.text for p in parts])
         with batch:
-            outs = run_until_taps(self.sd.unet, self.tap_modules, torch.cat([noisy[i] for i in group]), t,
-                                  encoder_hidden_states=torch.cat([embeddings[i][0] for i in group]),
+            outs = run_until_taps(self.sd.unet, self.tap_modules, torch.cat([p.noisy for p in parts]),
+                                  torch.cat([p.timestep for p in parts]), encoder_hidden_states=text.hidden,
                                   down_block_additional_residuals=down, mid_block_additional_residual=mid,
-                                  return_dict=False)
+                                  return_dict=False, **unet_kwargs(text.pooled))
         return [[o[j * b:(j + 1) * b] for o in outs] for j in range(n)]
 
     def _to_input_grid(self, feat: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:

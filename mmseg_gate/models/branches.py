@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from mmengine.logging import print_log
 from torch import nn
 
+from ..utils.files import file_sha256
 from .conditions import CONDITIONS
+from .families import FAMILIES, StableDiffusionFamily
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class BranchSpec:
     loras: tuple[LoraSpec, ...] = ()
     controlnets: tuple[ControlNetSpec, ...] = ()
     own_prompt: bool = False  # True: its own prompt, not replaced by per-image prompts
+    timestep: int | None = None  # its own timestep (None: the backbone's)
 
     @property
     def adapter_key(self) -> tuple:
@@ -63,7 +67,7 @@ def parse_branches(branches: Sequence[dict], default_prompt: str) -> list[Branch
     for i, cfg in enumerate(branches):
         cfg = dict(cfg)
         name = cfg.get('name', f'branch{i}')
-        _take(cfg, ('name', 'prompt', 'loras', 'controlnets'), f'branch {name!r}')
+        _take(cfg, ('name', 'prompt', 'loras', 'controlnets', 'timestep'), f'branch {name!r}')
         if name in seen:
             raise ValueError(f'duplicate branch name {name!r}: branch names must be unique')
         seen.add(name)
@@ -85,38 +89,45 @@ def parse_branches(branches: Sequence[dict], default_prompt: str) -> list[Branch
             nets.append(ControlNetSpec(str(net['path']), condition, float(net.get('scale', 1.0)),
                                        tuple(sorted(dict(net.get('condition_cfg', {})).items()))))
         prompt = cfg.get('prompt')
+        timestep = cfg.get('timestep')
         specs.append(BranchSpec(name, default_prompt if prompt is None else prompt, tuple(loras), tuple(nets),
-                                own_prompt=prompt is not None))
+                                own_prompt=prompt is not None, timestep=None if timestep is None else int(timestep)))
     return specs
 
 
-def load_lora_adapter(model: nn.Module, path: str, adapter_name: str, target: str) -> bool:
-    """Load the ``target`` ('unet' or 'text_encoder') layers of one LoRA file as a named adapter.
+def load_lora_adapter(model: nn.Module, path: str, adapter_name: str, target: str,
+                      family: StableDiffusionFamily = FAMILIES['sd'], unet_config=None) -> bool:
+    """Load the ``target`` ('unet', 'text_encoder' or SDXL's 'text_encoder_2') layers of one LoRA file
+    as a named adapter, with the LoRA loaders of the family's diffusers pipeline.
 
-    Reads diffusers, peft, kohya and LyCORIS LoCon files. Returns whether the file has layers for
-    ``target``; raises if the file is missing, holds no Stable Diffusion LoRA layers at all, or names
-    layers ``model`` does not have (a LoRA for another base model).
+    Reads diffusers, peft, kohya and LyCORIS LoCon files (``unet_config``: maps SDXL files in the
+    original SGM block names). Returns whether the file has layers for ``target``; raises if the file
+    is missing, holds no Stable Diffusion LoRA layers at all, or names layers ``model`` does not have
+    (a LoRA for another base model).
     """
-    from diffusers import StableDiffusionPipeline
-    if target not in ('unet', 'text_encoder'):
-        raise ValueError(f"target={target!r}: use 'unet' or 'text_encoder'")
+    targets = ('unet', *family.text_encoders)
+    if target not in targets:
+        raise ValueError(f'target={target!r}: use one of {targets}')
     if not Path(os.path.expanduser(path)).is_file():
         raise FileNotFoundError(f'LoRA file {path!r} not found: check the path in the branch config '
                                 '(e.g. --cfg-options lora_a=...)')
-    state_dict, alphas, metadata = StableDiffusionPipeline.lora_state_dict(
-        os.path.expanduser(path), return_lora_metadata=True)
+    pipeline = family.lora_pipeline()
+    state_dict, alphas, metadata = pipeline.lora_state_dict(
+        os.path.expanduser(path), unet_config=unet_config, return_lora_metadata=True)
     down = {p: {k for k in state_dict if k.startswith(p + '.') and ('lora_A' in k or '.down.' in k)}
-            for p in ('unet', 'text_encoder')}
-    if not down['unet'] and not down['text_encoder']:
-        raise ValueError(f'LoRA file {path!r} has no Stable Diffusion UNet or text-encoder layers '
+            for p in targets}
+    if not any(down.values()):
+        raise ValueError(f'LoRA file {path!r} has no {family.pipeline_class} UNet or text-encoder layers '
                          f'(first keys: {list(state_dict)[:3]}); is it a LoRA for this model?')
     if not down[target]:
         return False
-    loader = (StableDiffusionPipeline.load_lora_into_unet if target == 'unet'
-              else StableDiffusionPipeline.load_lora_into_text_encoder)
     try:
         with _quiet_loaders():
-            loader(state_dict, alphas, model, adapter_name=adapter_name, metadata=metadata)
+            if target == 'unet':
+                pipeline.load_lora_into_unet(state_dict, alphas, model, adapter_name=adapter_name, metadata=metadata)
+            else:
+                pipeline.load_lora_into_text_encoder(state_dict, alphas, model, prefix=target,
+                                                     adapter_name=adapter_name, metadata=metadata)
     except Exception as err:  # peft/diffusers raise many types; say which file and model
         raise ValueError(f'LoRA file {path!r} does not match this Stable Diffusion {target} '
                          f'({type(err).__name__}: {str(err)[:500]}). Use a LoRA trained for the same base model.'
@@ -126,6 +137,44 @@ def load_lora_adapter(model: nn.Module, path: str, adapter_name: str, target: st
         raise ValueError(f'LoRA file {path!r}: only {loaded} of its {len(down[target])} {target} layers match '
                          'this model; the file was made for another base model')
     return True
+
+
+class AdapterRegistry:
+    """Every distinct LoRA file of the branches once, as a named peft adapter of each model it has
+    layers for (UNet, text encoders), and per branch the adapters to switch on."""
+
+    def __init__(self, specs: Sequence[BranchSpec], family: StableDiffusionFamily) -> None:
+        self.specs, self.family = specs, family
+        self.names: dict[str, str] = {}                  # LoRA path -> adapter name
+        self.targets: dict[str, dict[str, bool]] = {}    # adapter name -> {target: has layers}
+        self.sha256: dict[str, str] = {}                 # LoRA path -> what was loaded (checkpoint meta)
+
+    def load(self, model: nn.Module, target: str, unet_config=None) -> None:
+        """Load the branches' LoRA files into ``model`` (the ``target`` of the SD stack)."""
+        for spec in self.specs:
+            for lora in spec.loras:
+                name = adapter_name_for(lora.path, self.names)
+                targets = self.targets.setdefault(name, {})
+                if target not in targets:  # the file is read once per target: the text-encoder passes
+                    # run before the UNet is loaded, and holding the parsed files in between costs memory
+                    targets[target] = load_lora_adapter(model, lora.path, name, target, self.family, unet_config)
+                    print_log(f'LoRA {lora.path} -> {target} adapter {name!r}: {targets[target]}', 'current')
+                if lora.path not in self.sha256:
+                    self.sha256[lora.path] = file_sha256(lora.path)
+
+    def of(self, spec: BranchSpec, target: str) -> tuple[list[str], list[float]]:
+        """The branch's adapter names and scales that have layers in ``target``."""
+        names, scales = [], []
+        for lora in spec.loras:
+            name = self.names[lora.path]
+            if self.targets[name].get(target):
+                names.append(name)
+                scales.append(lora.scale)
+        return names, scales
+
+    def uses(self, target: str) -> bool:
+        """Whether any adapter has layers in ``target``."""
+        return any(t.get(target) for t in self.targets.values())
 
 
 @contextlib.contextmanager
@@ -157,4 +206,5 @@ def adapter_name_for(path: str, taken: dict[str, str]) -> str:
     return name
 
 
-__all__ = ['LoraSpec', 'ControlNetSpec', 'BranchSpec', 'parse_branches', 'load_lora_adapter', 'adapter_name_for']
+__all__ = ['LoraSpec', 'ControlNetSpec', 'BranchSpec', 'parse_branches', 'load_lora_adapter', 'AdapterRegistry',
+           'adapter_name_for']

@@ -59,14 +59,15 @@ def use_inplace_resnets(module: nn.Module) -> int:
     return len(blocks)
 
 
-def chunk_feed_forward(model: nn.Module, chunks: int, min_tokens: int = 1024) -> list:
+def chunk_feed_forward(model: nn.Module, chunks: int, min_tokens: int = 1024, exclude=frozenset()) -> list:
     """Run the feed-forward of every transformer block that sees at least ``min_tokens`` tokens in
     ``chunks`` pieces along the tokens (diffusers' ``set_chunk_feed_forward``, sized per call).
 
     Why: a GEGLU feed-forward widens the tokens 8x; at SD's 1/8 level and with the branches batched,
     that one tensor is the UNet's largest (126 MB for 3 branches at 512x512). Chunks along the
-    tokens keep the whole batch together, so peft's per-sample adapters still apply. Returns the
-    hook handles (none for ``chunks=1``: nothing to size on every call).
+    tokens keep the whole batch together, so peft's per-sample adapters still apply. Blocks in
+    ``exclude`` keep whole feed-forwards. Returns the hook handles (none for ``chunks=1``: nothing to
+    size on every call).
     """
     if chunks <= 1:
         return []
@@ -78,4 +79,4 @@ def chunk_feed_forward(model: nn.Module, chunks: int, min_tokens: int = 1024) ->
         block.set_chunk_feed_forward(tokens // chunks if use else None, dim=1)
 
     return [m.register_forward_pre_hook(size_chunks, with_kwargs=True) for m in model.modules()
-            if hasattr(m, 'set_chunk_feed_forward') and hasattr(m, 'ff')]
+            if hasattr(m, 'set_chunk_feed_forward') and hasattr(m, 'ff') and m not in exclude]

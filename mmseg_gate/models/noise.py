@@ -8,6 +8,8 @@ as they did in training while the same image always gives the same features.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 #: mode -> what it does (the error message lists them)
@@ -15,6 +17,7 @@ NOISE_MODES = {
     'gate': 'fresh posterior sample and noise per branch and step in training; seeded per branch in eval',
     'fixed': 'one seeded noise pattern shared by all branches, train and eval; posterior mode',
     'random': 'fresh posterior sample and noise per branch on every call, also in eval (not reproducible)',
+    'none': 'clean latents (posterior mode), no noise: clean-image features, e.g. for CleanDIFT UNets with timestep=0',
 }
 
 POSTERIOR_SEED_OFFSET = 100_000  # seeded posterior draws use seed + branch + this
@@ -35,12 +38,12 @@ class NoisePolicy:
             modes = '; '.join(f'{k!r}: {v}' for k, v in NOISE_MODES.items())
             raise ValueError(f'noise={mode!r} is not a noise policy; use one of {modes}')
         self.mode, self.seed = mode, int(seed)
-        self.sample_posterior = mode != 'fixed' if sample_posterior is None else bool(sample_posterior)
+        self.sample_posterior = mode not in ('fixed', 'none') if sample_posterior is None else bool(sample_posterior)
 
     @property
     def shared_across_branches(self) -> bool:
-        """Whether every branch sees the same noisy latents (then ControlNet calls can be shared)."""
-        return self.mode == 'fixed'
+        """Whether branches at one timestep see the same latents (then ControlNet calls can be shared)."""
+        return self.mode in ('fixed', 'none')
 
     def _draws(self, shape: torch.Size, seed: int, training: bool, like: torch.Tensor) -> torch.Tensor:
         """Standard normal draws for one branch: fresh, or a seeded pattern shared by the batch.
@@ -54,21 +57,30 @@ class NoisePolicy:
         return torch.randn((1, *shape[1:]), generator=g).to(like.device).expand(shape)
 
     @torch.no_grad()
-    def noisy_latents(self, mean: torch.Tensor, std: torch.Tensor, num_branches: int, training: bool,
+    def noisy_latents(self, mean: torch.Tensor, std: torch.Tensor, timesteps: Sequence[int], training: bool,
                       add_noise) -> list[torch.Tensor]:
-        """Per branch ``add_noise(posterior draw, noise)``; ``mean``/``std`` are the scaled posterior.
+        """Per branch (given by its timestep) ``add_noise(posterior draw, noise, timestep)``;
+        ``mean``/``std`` are the scaled posterior.
 
-        In ``'fixed'`` mode one tensor is computed and the same object returned for every branch.
+        In the shared modes the branches of one timestep get the same tensor object; ``'none'``
+        returns the clean latents (the same object for every branch).
         """
-        count = 1 if self.shared_across_branches else num_branches
-        out = []
-        for branch in range(count):
-            seed = self.seed + branch
+        out, shared = [], {}
+        for branch, timestep in enumerate(timesteps):
+            if self.shared_across_branches and timestep in shared:
+                out.append(shared[timestep])
+                continue
+            seed = self.seed + (0 if self.shared_across_branches else branch)
             latents = mean
             if self.sample_posterior:  # its own seed stream: the two draws must be independent
                 latents = mean + std * self._draws(mean.shape, seed + POSTERIOR_SEED_OFFSET, training, mean)
-            out.append(add_noise(latents, self._draws(mean.shape, seed, training, mean)))
-        return out * num_branches if count == 1 else out
+            if self.mode == 'none':
+                noisy = add_noise(latents, None, timestep)
+            else:
+                noisy = add_noise(latents, self._draws(mean.shape, seed, training, mean), timestep)
+            shared[timestep] = noisy
+            out.append(noisy)
+        return out
 
 
 __all__ = ['NOISE_MODES', 'NoisePolicy']

@@ -11,6 +11,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from mmengine.logging import print_log
+
+from .families import TextCondition, detect_family
 from .inference_blocks import use_inplace_resnets
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -124,31 +127,82 @@ def run_until_taps(model: nn.Module, tap_modules: Sequence[nn.Module], *args, **
 class FrozenStableDiffusion(nn.Module):
     """VAE encoder, UNet, noise scheduler and text encoding of one SD checkpoint, all frozen.
 
-    The text encoder is only needed for the prompts: :meth:`encode_prompt` runs it and
-    :meth:`release_text_encoder` frees it once the prompts are cached.
+    The family (SD1/2 or SDXL, :mod:`.families`) is read from the folder. The text encoders are only
+    needed for the prompts: :meth:`encode_prompt` runs them and :meth:`release_text_encoder` frees
+    them once the prompts are cached.
+
+    Args:
+        pretrained: diffusers folder or hub id of the whole pipeline.
+        dtype: dtype of the frozen parts; the VAE runs in float32 instead when it is fp16 and its
+            config says ``force_upcast`` (SDXL's VAE overflows in fp16).
+        vae: another VAE (folder or hub id, e.g. the fp16-fix SDXL VAE) instead of ``pretrained``'s.
+        unet: another UNet (folder or hub id: a fine-tune such as CleanDIFT's, DreamBooth) with the
+            VAE, text encoders and scheduler of ``pretrained``.
     """
 
-    def __init__(self, pretrained: str, dtype: torch.dtype = torch.float32, **hub_kwargs) -> None:
+    def __init__(self, pretrained: str, dtype: torch.dtype = torch.float32, vae: str | None = None,
+                 unet: str | None = None, **hub_kwargs) -> None:
         super().__init__()
         from diffusers import DDPMScheduler
-        from transformers import CLIPTextModel, CLIPTokenizer
-        check_weights_location(pretrained, 'Stable Diffusion model', ('unet', 'vae', 'text_encoder', 'tokenizer'))
-        self.pretrained, self.load_kwargs = pretrained, dict(dtype=dtype, **hub_kwargs)
-        # text first: prompts are encoded and the encoder released before the large models load,
+        from transformers import CLIPTokenizer
+        check_weights_location(pretrained, 'Stable Diffusion model', ('vae', 'text_encoder', 'tokenizer')
+                               + (() if unet else ('unet',)))
+        for path, what in ((vae, 'VAE'), (unet, 'UNet')):
+            if path is not None:
+                check_weights_location(path, what)
+        self.family = detect_family(pretrained, **hub_kwargs)
+        self.pretrained, self.vae_path, self.unet_path = pretrained, vae, unet
+        self.hub_kwargs, self.load_kwargs = hub_kwargs, dict(dtype=dtype, **hub_kwargs)
+        # text first: prompts are encoded and the encoders released before the large models load,
         # which keeps the build's peak memory at what the forward needs
-        self.text_encoder = from_pretrained_or_explain(  # the first file to load: where a bad path shows
-            CLIPTextModel.from_pretrained, pretrained, 'Stable Diffusion model', subfolder='text_encoder',
-            **self.load_kwargs)
-        self.tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder='tokenizer', **hub_kwargs)
+        self.text_encoders = nn.ModuleDict()
+        self.tokenizers = {}
+        for attribute, tokenizer in self.family.text_encoders.items():
+            self.text_encoders[attribute] = from_pretrained_or_explain(  # the first file: where a bad path shows
+                self.family.text_encoder_class(attribute).from_pretrained, pretrained, 'Stable Diffusion model',
+                subfolder=attribute, **self.load_kwargs)
+            self.tokenizers[attribute] = CLIPTokenizer.from_pretrained(pretrained, subfolder=tokenizer, **hub_kwargs)
+        self.text_dim = sum(e.config.hidden_size for e in self.text_encoders.values())  # width of the states
         # add_noise only needs the betas; DDPM's formula is shared by SD's PNDM/DDIM/Euler configs
         self.scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder='scheduler', **hub_kwargs)
         self.vae = self.unet = self.controlnets = None
         self.requires_grad_(False).eval()
 
+    @property
+    def text_encoder(self) -> nn.Module | None:
+        """The (first) text encoder, or ``None`` once released."""
+        return None if self.text_encoders is None else self.text_encoders['text_encoder']
+
+    def _load_vae(self):
+        from diffusers import AutoencoderKL
+        path, kwargs = (self.vae_path, {}) if self.vae_path else (self.pretrained, dict(subfolder='vae'))
+        if self.vae_path and not (Path(os.path.expanduser(path)) / 'config.json').is_file() \
+                and (Path(os.path.expanduser(path)) / 'vae').is_dir():
+            kwargs = dict(subfolder='vae')  # a whole pipeline folder: take its VAE
+        config = AutoencoderKL.load_config(path, **kwargs, **self.hub_kwargs)
+        dtype = self.load_kwargs['dtype']
+        if dtype == torch.float16 and config.get('force_upcast', False):
+            print_log(f'the VAE of {path!r} overflows in fp16 (force_upcast): it runs in float32; give '
+                      'vae=<an fp16-safe VAE> (e.g. madebyollin/sdxl-vae-fp16-fix) to run it in fp16', 'current')
+            dtype = torch.float32
+        return from_pretrained_or_explain(AutoencoderKL.from_pretrained, path, 'VAE',
+                                          **kwargs, **dict(self.load_kwargs, dtype=dtype))
+
+    def _load_unet(self):
+        from diffusers import UNet2DConditionModel
+        if not self.unet_path:
+            return UNet2DConditionModel.from_pretrained(self.pretrained, subfolder='unet', **self.load_kwargs)
+        path, kwargs = self.unet_path, {}
+        local = Path(os.path.expanduser(path))
+        if local.is_dir() and not (local / 'config.json').is_file() and (local / 'unet').is_dir():
+            kwargs = dict(subfolder='unet')  # a whole pipeline folder: take its UNet
+        unet = from_pretrained_or_explain(UNet2DConditionModel.from_pretrained, path, 'UNet', **kwargs,
+                                          **self.load_kwargs)
+        return unet
+
     def load_denoiser(self) -> None:
         """Load the VAE encoder and the UNet."""
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        self.vae = AutoencoderKL.from_pretrained(self.pretrained, subfolder='vae', **self.load_kwargs)
+        self.vae = self._load_vae()
         self.vae.decoder = None  # features need the encoder only
         # channels_last: oneDNN/cuDNN convolutions skip their layout reorders at full image resolution
         # (CPU, 512x512: ~8% faster, bit-identical latents). Every tensor is copied, not only the
@@ -157,7 +211,13 @@ class FrozenStableDiffusion(nn.Module):
         for t in itertools.chain(self.vae.parameters(), self.vae.buffers()):
             t.data = t.data.clone(memory_format=torch.channels_last if t.ndim == 4 else torch.contiguous_format)
         use_inplace_resnets(self.vae.encoder)  # 3 instead of 4 full-resolution activations at a time
-        self.unet = UNet2DConditionModel.from_pretrained(self.pretrained, subfolder='unet', **self.load_kwargs)
+        self.unet = self._load_unet()
+        cross = self.unet.config.cross_attention_dim
+        text_dim = self.text_dim
+        if cross != text_dim:
+            raise ValueError(f'the UNet{" at " + repr(self.unet_path) if self.unet_path else ""} expects text '
+                             f'states of width {cross}, the text encoders of {self.pretrained!r} give {text_dim}: '
+                             'use a UNet made for this base model')
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.unet_scale_factor = 2 ** (len(self.unet.config.down_block_types) - 1)
         self.requires_grad_(False).eval()
@@ -182,35 +242,36 @@ class FrozenStableDiffusion(nn.Module):
         return self.vae_scale_factor * self.unet_scale_factor
 
     @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """CLIP last hidden state ``[1, 77, D]`` of ``prompt`` (as StableDiffusionPipeline, no CFG)."""
-        if self.text_encoder is None:
+    def encode_prompt(self, prompt: str) -> TextCondition:
+        """The UNet's text conditioning of ``prompt`` (as the family's pipeline does it, no CFG)."""
+        if self.text_encoders is None:
             raise RuntimeError('the text encoder was released; build the backbone with keep_text_encoder=True '
                                'to encode prompts after construction')
-        ids = self.tokenizer(prompt, padding='max_length', max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors='pt').input_ids
-        device = next(self.text_encoder.parameters()).device
-        return self.text_encoder(ids.to(device))[0]
+        return self.family.encode_prompt(prompt, self.text_encoders, self.tokenizers)
 
     def release_text_encoder(self) -> None:
-        self.text_encoder = None
+        self.text_encoders = None
         gc.collect()
 
     @torch.no_grad()
     def encode_posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images in [-1, 1] -> the VAE posterior's mean and std, scaled as SD's latents, in float32."""
-        images = images.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        images = images.to(self.vae.dtype).contiguous(memory_format=torch.channels_last)
         dist = self.vae.encode(images).latent_dist
         scale = self.vae.config.scaling_factor
         # the UNet runs faster in NCHW
         return (dist.mean.float() * scale).contiguous(), (dist.std.float() * scale).contiguous()
 
     @torch.no_grad()
-    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
-        """``scheduler.add_noise`` computed in float32, cast to the frozen dtype after.
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor | None, timestep: int) -> torch.Tensor:
+        """``scheduler.add_noise`` computed in float32, cast to the frozen dtype after (``noise=None``:
+        the clean latents, cast).
 
         Why: diffusers computes sqrt(alpha_bar_t) in the latents' dtype; in bf16 alpha_bar_50 = 0.9516
-        becomes 0.9531, the noise level of t ~ 48.6.
+        becomes 0.9531, the noise level of t ~ 48.6. The noising is the same for epsilon- and
+        v-prediction models (SD2.1-768): the prediction type only changes what the UNet outputs.
         """
+        if noise is None:
+            return latents.to(self.dtype)
         t = torch.full((latents.shape[0],), timestep, dtype=torch.long, device=latents.device)
         return self.scheduler.add_noise(latents.float(), noise.float(), t).to(self.dtype)

@@ -1,0 +1,118 @@
+"""ControlNets of the branches: each loaded once, each run once per distinct input.
+
+Two branches that use the same ControlNet on the same noisy latents, timestep and prompt get the
+same residuals, so the net runs once for them; the distinct inputs of one (net, condition, scale)
+go through it as one batch. Control images are made once per condition type from the input batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .branches import BranchSpec
+from .conditions import build_condition
+from .families import TextCondition
+from .stable_diffusion import FrozenStableDiffusion, check_weights_location, from_pretrained_or_explain
+
+
+@dataclass
+class BranchInput:
+    """What one branch feeds the UNet and its ControlNets in this forward."""
+    noisy: torch.Tensor          # [B, 4, h, w] noisy latents
+    timestep: torch.Tensor       # [B]
+    text: TextCondition
+    key: tuple                   # hashable identity of (noisy latents, timestep, text)
+
+
+def load_controlnets(sd: FrozenStableDiffusion, specs: Sequence[BranchSpec], dtype: torch.dtype,
+                     hub_kwargs: dict) -> dict[str, str]:
+    """Every distinct ControlNet path once into ``sd.controlnets``; returns path -> key there."""
+    from diffusers import ControlNetModel
+    paths = list(dict.fromkeys(c.path for s in specs for c in s.controlnets))
+    index = {p: str(i) for i, p in enumerate(paths)}
+    sd.controlnets = nn.ModuleDict()
+    for path, key in index.items():
+        check_weights_location(path, 'ControlNet')
+        net = from_pretrained_or_explain(ControlNetModel.from_pretrained, path, 'ControlNet', dtype=dtype,
+                                         **hub_kwargs)
+        if net.config.cross_attention_dim != sd.unet.config.cross_attention_dim:
+            raise ValueError(f'ControlNet {path!r} is for cross_attention_dim={net.config.cross_attention_dim}, '
+                             f'the UNet has {sd.unet.config.cross_attention_dim}: use a ControlNet made for '
+                             'this base model')
+        sd.controlnets[key] = net.requires_grad_(False).eval()
+    return index
+
+
+def controlnet_residuals(sd: FrozenStableDiffusion, index: dict[str, str], specs: Sequence[BranchSpec],
+                         inputs: Sequence[BranchInput], pixels: torch.Tensor, unet_kwargs: Callable,
+                         batch: bool = True, timed=None) -> list[tuple]:
+    """Per branch ``(down residuals, mid residual)`` (``(None, None)`` without ControlNet).
+
+    ``unet_kwargs(pooled)``: the family's added conditions for a batch of text conditions.
+    Several ControlNets of one branch add up (as diffusers' MultiControlNet).
+    """
+    calls: dict = {}  # ControlNetSpec -> {input key: BranchInput}
+    for spec, inp in zip(specs, inputs):
+        for net in spec.controlnets:
+            calls.setdefault(net, {}).setdefault(inp.key, inp)
+    conditions: dict[tuple, torch.Tensor] = {}
+    done: dict[tuple, tuple] = {}  # (ControlNetSpec, input key) -> (down, mid)
+    b = pixels.shape[0]
+    for net, by_key in calls.items():
+        if net.condition_key not in conditions:
+            with timed('conditions'):
+                conditions[net.condition_key] = build_condition(net.condition, pixels, **dict(net.condition_cfg))
+        cond = conditions[net.condition_key].to(sd.dtype)
+        keys = list(by_key)
+        for chunk in ([keys] if batch else [[k] for k in keys]):
+            parts = [by_key[k] for k in chunk]
+            text = TextCondition.cat([p.text for p in parts])
+            with timed('controlnet'):
+                down, mid = sd.controlnets[index[net.path]](
+                    torch.cat([p.noisy for p in parts]), torch.cat([p.timestep for p in parts]),
+                    encoder_hidden_states=text.hidden, controlnet_cond=cond.repeat(len(chunk), 1, 1, 1),
+                    conditioning_scale=net.scale, return_dict=False, **unet_kwargs(text.pooled))
+            for j, key in enumerate(chunk):
+                done[net, key] = ([d[j * b:(j + 1) * b] for d in down], mid[j * b:(j + 1) * b])
+    out = []
+    for spec, inp in zip(specs, inputs):
+        down = mid = None
+        for net in spec.controlnets:
+            d, m = done[net, inp.key]
+            down = d if down is None else [a + r for a, r in zip(down, d)]
+            mid = m if mid is None else mid + m
+        out.append((down, mid))
+    return out
+
+
+def take_residuals(residuals: list, group: Sequence[int]) -> list[tuple]:
+    """The group's residuals, cleared from ``residuals``: the UNet pass then holds the only
+    references and frees the ControlNet outputs once it has batched them."""
+    taken = [residuals[i] for i in group]
+    for i in group:
+        residuals[i] = None
+    return taken
+
+
+def batch_residuals(residuals: list[tuple]) -> tuple:
+    """One ``(down, mid)`` for the batched branches; branches without ControlNet add zeros.
+
+    ``residuals`` is emptied: the batched copies are all the UNet needs.
+    """
+    if len(residuals) == 1 or all(r[0] is None for r in residuals):
+        down, mid = residuals[0]
+        residuals.clear()
+        return down, mid
+    ref_down, ref_mid = next(r for r in residuals if r[0] is not None)
+    zeros = ([torch.zeros_like(d) for d in ref_down], torch.zeros_like(ref_mid))  # x + 0 == x
+    parts = [r if r[0] is not None else zeros for r in residuals]
+    residuals.clear()
+    down = [torch.cat([p[0][j] for p in parts]) for j in range(len(ref_down))]
+    mid = torch.cat([p[1] for p in parts])
+    return down, mid
+
+
+__all__ = ['BranchInput', 'load_controlnets', 'controlnet_residuals', 'take_residuals', 'batch_residuals']
