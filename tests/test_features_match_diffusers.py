@@ -9,11 +9,14 @@ from conftest import backbone_cfg, build, gate_branches, lora
 TAPS = ('up_blocks.0.upsamplers.0', 'up_blocks.1.upsamplers.0', 'up_blocks.2.upsamplers.0')
 
 
-def reference_features(tiny, image, image_uint8, prompt='a photo', loras=(), controlnet=False, t=50, sd=None):
+def reference_features(tiny, image, image_uint8, prompt='a photo', loras=(), controlnet=False, t=50, sd=None,
+                       clean=False, unet=None):
     """diffusers' pipeline pieces, full UNet forward, features captured by hooks (``sd``: another model
-    folder than the tiny base)."""
-    from diffusers import ControlNetModel, StableDiffusionPipeline
+    folder than the tiny base; ``clean``: no noise; ``unet``: another UNet folder)."""
+    from diffusers import ControlNetModel, StableDiffusionPipeline, UNet2DConditionModel
     pipe = StableDiffusionPipeline.from_pretrained(str(sd or tiny / 'sd'), safety_checker=None)
+    if unet:
+        pipe.unet = UNet2DConditionModel.from_pretrained(str(unet))
     for i, path in enumerate(loras):
         pipe.load_lora_weights(path, adapter_name=f'l{i}')
     if loras:
@@ -22,7 +25,7 @@ def reference_features(tiny, image, image_uint8, prompt='a photo', loras=(), con
         emb = pipe.encode_prompt(prompt, 'cpu', 1, False)[0]
         latents = pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
         noise = torch.randn((1, *latents.shape[1:]), generator=torch.Generator().manual_seed(0))
-        noisy = pipe.scheduler.add_noise(latents, noise, torch.tensor([t]))  # SD's own PNDM scheduler
+        noisy = latents if clean else pipe.scheduler.add_noise(latents, noise, torch.tensor([t]))  # SD's PNDM
         kwargs = {}
         if controlnet:
             net = ControlNetModel.from_pretrained(str(tiny / 'controlnet-canny'))

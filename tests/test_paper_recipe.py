@@ -161,8 +161,8 @@ def test_training_draws_fresh_noise_per_branch_and_step(gate, image):
     gate.train()
     a, b = gate.extract(image), gate.extract(image)
     assert not torch.allclose(a[0][0], b[0][0])  # fresh noise every step
-    latents = gate.noise_policy.noisy_latents(torch.zeros(1, 4, 8, 8), torch.ones(1, 4, 8, 8), 3, True,
-                                              lambda z, n: z + n)
+    latents = gate.noise_policy.noisy_latents(torch.zeros(1, 4, 8, 8), torch.ones(1, 4, 8, 8), [51] * 3, True,
+                                              lambda z, n, t: z + n)
     assert not torch.allclose(latents[1], latents[2])  # every branch its own draws
 
 
@@ -175,8 +175,8 @@ def test_eval_is_deterministic_and_branches_differ(gate, image):
     for level in range(3):
         for branch in range(3):
             torch.testing.assert_close(c[level][branch][1:], a[level][branch], atol=1e-5, rtol=1e-4)
-    latents = gate.noise_policy.noisy_latents(torch.zeros(1, 4, 8, 8), torch.ones(1, 4, 8, 8), 3, False,
-                                              lambda z, n: z + n)
+    latents = gate.noise_policy.noisy_latents(torch.zeros(1, 4, 8, 8), torch.ones(1, 4, 8, 8), [51] * 3, False,
+                                              lambda z, n, t: z + n)
     assert not torch.allclose(latents[0], latents[1])  # seeded per branch
 
 

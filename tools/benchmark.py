@@ -26,14 +26,21 @@ import torch
 from mmengine.config import DictAction
 
 TAPS = ('up_blocks.0.upsamplers.0', 'up_blocks.1.upsamplers.0', 'up_blocks.2.upsamplers.0')
+#: configs/sdxl/gate_sdxl_ade20k.py's taps (ours only: the reference code has no SDXL segmentation)
+SDXL_TAPS = dict(taps=('up_blocks.1.upsamplers.0', 'up_blocks.1.attentions.0.transformer_blocks.0',
+                       'up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q',
+                       'up_blocks.0.attentions.0.transformer_blocks.7', 'up_blocks.0.attentions.0.transformer_blocks.5'),
+                 merge_same_stride=True)
 PROMPT = 'a highly realistic photo of the real world. high quality.'
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
-def branch_dicts(assets: Path, which: str) -> list[dict]:
+def branch_dicts(assets: Path, which: str, preset: str = 'sd15') -> list[dict]:
     canny = dict(path=str(assets / 'controlnet-canny'), condition='canny', scale=1.0)
     if which == 'basic':
         return [dict(name='basic')]
+    if preset == 'sdxl':  # configs/sdxl/gate_sdxl_ade20k.py: no SDXL LoRA files
+        return [dict(name='prompt'), dict(name='prompt_canny', controlnets=[canny])]
     return [dict(name='prompt'),
             dict(name='lora_a_canny', loras=[dict(path=str(assets / 'lora' / 'a.safetensors'))], controlnets=[canny]),
             dict(name='lora_b_canny', loras=[dict(path=str(assets / 'lora' / 'b.safetensors'))], controlnets=[canny])]
@@ -128,7 +135,7 @@ def build_trainable(out_channels: list[int], n_branches: int, preset: str, devic
     from mmseg.utils import register_all_modules
     from mmseg_gate.models.amalgamation import Amalgamation
     register_all_modules()
-    big = preset == 'sd15'
+    big = preset != 'tiny'
     norm = dict(type='BN', requires_grad=True)
     amalg = Amalgamation(out_channels, n_branches, hidden_channels=128 if big else 16,
                          refine_blocks=4 if big else 1, fuse_blocks=2 if big else 1)
@@ -148,12 +155,13 @@ def worker(args) -> None:
     device, dtype = args.device, DTYPES[args.dtype]
     io_dir = Path(args.io_dir)
     img = torch.load(io_dir / 'inputs.pt', weights_only=True).to(device)
-    branches = branch_dicts(Path(args.assets), args.branches)
+    branches = branch_dicts(Path(args.assets), args.branches, args.preset)
     t0 = time.perf_counter()
     if args.worker == 'gate':
         from mmseg.registry import MODELS
         backbone = MODELS.build(dict(type='GATEDiffusionBackbone', pretrained=str(Path(args.assets) / 'sd'),
-                                     branches=branches, prompt=PROMPT, timestep=50, dtype=args.dtype, taps=TAPS,
+                                     branches=branches, prompt=PROMPT, timestep=50, dtype=args.dtype,
+                                     **(SDXL_TAPS if args.preset == 'sdxl' else dict(taps=TAPS)),
                                      # the reference's noise: one seeded pattern for all branches, posterior
                                      # mode (the default 'gate' policy costs the same: per-branch draws only)
                                      noise='fixed',
@@ -234,9 +242,11 @@ def _samples(labels):
 # ---------------------------------------------------------------------------------------------- driver
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--preset', choices=['tiny', 'sd15'], default='tiny',
-                        help='tiny test models, or SD1.5-shaped random weights (~6 GB, made once)')
-    parser.add_argument('--assets', default=None, help='asset folder (default: data/tiny_sd or data/sd15_random)')
+    parser.add_argument('--preset', choices=['tiny', 'sd15', 'sdxl'], default='tiny',
+                        help='tiny test models, SD1.5-shaped random weights (~6 GB, made once) or SDXL-shaped '
+                             'ones (~19 GB; ours only: --modes gate)')
+    parser.add_argument('--assets', default=None,
+                        help='asset folder (default: data/tiny_sd, data/sd15_random or data/sdxl_random)')
     parser.add_argument('--size', type=int, default=512, help='square input side, multiple of 64')
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--branches', choices=['basic', 'gate'], default='gate', help='gate = the paper\'s 3 branches')
@@ -259,15 +269,19 @@ def main() -> None:
     if args.train_step and args.batch < 2:
         parser.error(f'--train-step needs --batch 2 or more (got {args.batch}): UPerHead\'s 1x1 pooling branch '
                      'normalises over the batch, and BatchNorm cannot train on a single value per channel')
+    if args.preset == 'sdxl' and 'reference' in args.modes.split(','):
+        parser.error('--preset sdxl times ours only (the reference code has no SDXL segmentation): add --modes gate')
     if args.dtype is None:
         args.dtype = 'fp32' if args.device == 'cpu' else 'bf16'
-    from mmseg_gate.testing.tiny_models import make_sd15_shaped, make_tiny_sd
+    from mmseg_gate.testing.tiny_models import make_sd15_shaped, make_sdxl_shaped, make_tiny_sd
+    makers = dict(tiny=(make_tiny_sd, 'data/tiny_sd'), sd15=(make_sd15_shaped, 'data/sd15_random'),
+                  sdxl=(make_sdxl_shaped, 'data/sdxl_random'))
     if args.assets is None:
-        args.assets = 'data/tiny_sd' if args.preset == 'tiny' else 'data/sd15_random'
+        args.assets = makers[args.preset][1]
     if args.worker:
         return worker(args)
 
-    (make_tiny_sd if args.preset == 'tiny' else make_sd15_shaped)(args.assets)
+    makers[args.preset][0](args.assets)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(make_inputs(args.size, args.batch), Path(tmp) / 'inputs.pt')

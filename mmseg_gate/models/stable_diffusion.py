@@ -28,13 +28,16 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-#: what the GATE configs expect at their default paths (README: "Reproducing GATE")
+#: what the configs expect at their default paths (README: "Reproducing GATE"); SDXL's when the
+#: path names it
 _HUB_REPOS = {'Stable Diffusion model': 'stable-diffusion-v1-5/stable-diffusion-v1-5',
               'ControlNet': 'lllyasviel/sd-controlnet-canny'}
+_HUB_REPOS_XL = {'Stable Diffusion model': 'stabilityai/stable-diffusion-xl-base-1.0',
+                 'ControlNet': 'diffusers/controlnet-canny-sdxl-1.0'}
 
 
 def _not_found(path: str, what: str) -> str:
-    repo = _HUB_REPOS.get(what, '<repo>')
+    repo = (_HUB_REPOS_XL if 'xl' in Path(str(path)).name.lower() else _HUB_REPOS).get(what, '<repo>')
     return (f'{what} not found at {str(path)!r}. Download it (e.g. `hf download {repo} --local-dir {path}`; '
             'the README\'s "Reproducing GATE" lists the files to include) or point the config at the right '
             'folder (e.g. with --cfg-options); tiny test weights come from `python tools/make_tiny_sd.py`.')
@@ -145,12 +148,13 @@ class FrozenStableDiffusion(nn.Module):
         super().__init__()
         from diffusers import DDPMScheduler
         from transformers import CLIPTokenizer
-        check_weights_location(pretrained, 'Stable Diffusion model', ('vae', 'text_encoder', 'tokenizer')
-                               + (() if unet else ('unet',)))
+        check_weights_location(pretrained, 'Stable Diffusion model',
+                               (() if unet else ('unet',)) + ('vae', 'text_encoder', 'tokenizer'))
         for path, what in ((vae, 'VAE'), (unet, 'UNet')):
             if path is not None:
                 check_weights_location(path, what)
-        self.family = detect_family(pretrained, **hub_kwargs)
+        # the first file to read: where a bad path or an offline hub shows
+        self.family = from_pretrained_or_explain(detect_family, pretrained, 'Stable Diffusion model', **hub_kwargs)
         self.pretrained, self.vae_path, self.unet_path = pretrained, vae, unet
         self.hub_kwargs, self.load_kwargs = hub_kwargs, dict(dtype=dtype, **hub_kwargs)
         # text first: prompts are encoded and the encoders released before the large models load,
@@ -158,7 +162,7 @@ class FrozenStableDiffusion(nn.Module):
         self.text_encoders = nn.ModuleDict()
         self.tokenizers = {}
         for attribute, tokenizer in self.family.text_encoders.items():
-            self.text_encoders[attribute] = from_pretrained_or_explain(  # the first file: where a bad path shows
+            self.text_encoders[attribute] = from_pretrained_or_explain(
                 self.family.text_encoder_class(attribute).from_pretrained, pretrained, 'Stable Diffusion model',
                 subfolder=attribute, **self.load_kwargs)
             self.tokenizers[attribute] = CLIPTokenizer.from_pretrained(pretrained, subfolder=tokenizer, **hub_kwargs)

@@ -107,5 +107,23 @@ def list_tappable(model: nn.Module, run: Callable[[], None], image_hw: tuple[int
     return [tap for tap in seen.values() if tap is not None]
 
 
-__all__ = ['Tap', 'describe_output', 'probe_taps', 'to_feature_map', 'plan_levels', 'feed_forwards_tapped',
+@torch.no_grad()
+def tappable_modules(pretrained: str, size: tuple[int, int] = (512, 512), **sd_kwargs) -> list[Tap]:
+    """Every tappable module of ``pretrained``'s UNet with its output at an SD input of ``size``
+    (rounded up to a valid size): one full forward with an empty prompt."""
+    from .stable_diffusion import FrozenStableDiffusion
+    sd = FrozenStableDiffusion(pretrained, **sd_kwargs)
+    text = sd.encode_prompt('')
+    sd.release_text_encoder()
+    sd.load_denoiser()
+    m = sd.pad_multiple
+    image_hw = (-(-size[0] // m) * m, -(-size[1] // m) * m)
+    latents = torch.zeros(1, sd.unet.config.in_channels, image_hw[0] // sd.vae_scale_factor,
+                          image_hw[1] // sd.vae_scale_factor, dtype=sd.dtype)
+    text = text.to(sd.dtype)
+    return list_tappable(sd.unet, lambda: sd.unet(latents, 0, encoder_hidden_states=text.hidden,
+                                                   **sd.family.unet_kwargs(text.pooled, image_hw)), image_hw)
+
+
+__all__ = ['tappable_modules', 'Tap', 'describe_output', 'probe_taps', 'to_feature_map', 'plan_levels', 'feed_forwards_tapped',
            'list_tappable']

@@ -6,6 +6,11 @@ same loading code as real weights:
 
     DIR/sd/                 diffusers pipeline folder with SD1.5's block structure
     DIR/sd2/                SD2-shaped variant (linear projections, wider text states)
+    DIR/sd2v/               SD2-768-shaped: the same UNet as sd2/, v-prediction scheduler
+    DIR/sdxl/               SDXL-shaped pipeline (two text encoders, text_time added conditions)
+    DIR/sdxl-controlnet/    ControlNetModel made from DIR/sdxl's UNet
+    DIR/sdxl-lora/a.safetensors  diffusers format (UNet + text_encoder_2)
+    DIR/sdxl-lora/b.safetensors  kohya format (UNet attention + resnet convs + both text encoders)
     DIR/controlnet-canny/   ControlNetModel made from DIR/sd's UNet
     DIR/lora/a.safetensors  diffusers/peft format (UNet attention layers)
     DIR/lora/b.safetensors  kohya/LyCORIS LoCon format (UNet attention + resnet convs + text encoder)
@@ -46,6 +51,15 @@ TINY_VAE = dict(
 )
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  max_position_embeddings=77, hidden_act='quick_gelu', projection_dim=32)
+#: A tiny SDXL: SDXL's block types, linear projections, deeper transformers at the lowest resolution,
+#: ``text_time`` added conditions (6 time ids x 8 + pooled 32), text states 32 + 32 wide.
+TINY_SDXL_UNET = dict(
+    sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
+    down_block_types=('DownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'),
+    up_block_types=('CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'UpBlock2D'),
+    transformer_layers_per_block=(1, 1, 2), attention_head_dim=(2, 4, 4), use_linear_projection=True,
+    addition_embed_type='text_time', addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+    cross_attention_dim=64, norm_num_groups=32)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -123,25 +137,32 @@ def _tiny_vae(cfg: dict, calibrate: bool, train: bool) -> torch.nn.Module:
 
 
 def _save_pipeline(out: Path, unet_cfg: dict, text_cfg: dict, seed: int, vae_cfg: dict = TINY_VAE,
-                   calibrate_vae: bool = True, train_vae: bool = True) -> None:
-    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+                   calibrate_vae: bool = True, train_vae: bool = True, prediction_type: str = 'epsilon',
+                   text_cfg_2: dict | None = None) -> None:
+    """An SD1/2 pipeline folder, or an SDXL one when ``text_cfg_2`` (the second text encoder) is given."""
+    from diffusers import (EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(seed)
     vocab_size = _save_tokenizer(out / 'tokenizer')
-    from transformers import CLIPTokenizer
     tokenizer = CLIPTokenizer.from_pretrained(str(out / 'tokenizer'))
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1,
-                                                pad_token_id=1, **text_cfg))
-    pipe = StableDiffusionPipeline(
-        unet=UNet2DConditionModel(**unet_cfg),
-        vae=_tiny_vae(vae_cfg, calibrate_vae, train_vae),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        # SD1.5's scheduler configuration
-        scheduler=PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear',
-                                num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    text = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text, **text_cfg))
+    # SD1.5's (PNDM) and SDXL's (Euler) scheduler configurations: the same scaled-linear betas
+    betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear', num_train_timesteps=1000,
+                 steps_offset=1, prediction_type=prediction_type)
+    parts = dict(unet=UNet2DConditionModel(**unet_cfg), vae=_tiny_vae(vae_cfg, calibrate_vae, train_vae),
+                 text_encoder=text_encoder, tokenizer=tokenizer)
+    if text_cfg_2 is None:
+        pipe = StableDiffusionPipeline(**parts, scheduler=PNDMScheduler(skip_prk_steps=True, **betas),
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    else:
+        _save_tokenizer(out / 'tokenizer_2')
+        pipe = StableDiffusionXLPipeline(
+            **parts, text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text, **text_cfg_2)),
+            tokenizer_2=CLIPTokenizer.from_pretrained(str(out / 'tokenizer_2')),
+            scheduler=EulerDiscreteScheduler(timestep_spacing='leading', **betas))
     pipe.save_pretrained(str(out))
 
 
@@ -159,34 +180,46 @@ def _lora_targets(model: torch.nn.Module, suffixes: tuple[str, ...]) -> dict[str
             if n.endswith(suffixes) and isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
 
 
-def _save_lora_diffusers(sd: Path, path: Path, seed: int, rank: int = 4, alpha: float = 8.0) -> None:
-    """diffusers/peft format, as written by ``save_lora_weights`` (alpha kept in the metadata)."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+def _save_lora_diffusers(sd: Path, path: Path, seed: int, rank: int = 4, alpha: float = 8.0,
+                         text_encoders: tuple[str, ...] = ()) -> None:
+    """diffusers/peft format, as written by ``save_lora_weights`` (alpha kept in the metadata); the
+    pipeline class (SD or SDXL) follows the folder, ``text_encoders`` get adapters too."""
+    import diffusers
+    from diffusers import UNet2DConditionModel
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
+    from transformers import CLIPTextModel
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(str(sd), subfolder='unet')
     # init_lora_weights=False: lora_B random, not zero, so a test can tell whether it loaded
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=False,
                         target_modules=['to_q', 'to_k', 'to_v', 'to_out.0'])
     unet.add_adapter(config)
-    StableDiffusionPipeline.save_lora_weights(
-        str(path.parent), unet_lora_layers=get_peft_model_state_dict(unet),
-        unet_lora_adapter_metadata=config.to_dict(), weight_name=path.name, safe_serialization=True)
+    layers = dict(unet_lora_layers=get_peft_model_state_dict(unet), unet_lora_adapter_metadata=config.to_dict())
+    for subfolder in text_encoders:
+        text = CLIPTextModel.from_pretrained(str(sd), subfolder=subfolder)
+        text_config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=False,
+                                 target_modules=['q_proj', 'k_proj', 'v_proj', 'out_proj'])
+        text.add_adapter(text_config)
+        layers[f'{subfolder}_lora_layers'] = get_peft_model_state_dict(text)
+        layers[f'{subfolder}_lora_adapter_metadata'] = text_config.to_dict()
+    pipeline = json.loads((sd / 'model_index.json').read_text())['_class_name']
+    getattr(diffusers, pipeline).save_lora_weights(str(path.parent), weight_name=path.name, safe_serialization=True,
+                                                   **layers)
 
 
 def _save_lora_kohya(sd: Path, path: Path, seed: int, rank: int = 4, alpha: float = 2.0, conv_rank: int | None = None,
-                     up_scale: float = 0.2) -> None:
+                     up_scale: float = 0.2, text_prefixes: dict | None = None) -> None:
     """kohya/LyCORIS LoCon key format: ``lora_unet_<module_path>.{lora_down,lora_up}.weight`` + ``.alpha``.
 
     Like the paper's adapters it covers attention projections, resnet convolutions (3x3 'LoCon'
-    down-projections) and the text encoder.
+    down-projections) and the text encoder(s) (``text_prefixes``: subfolder -> kohya prefix; SDXL's
+    are ``lora_te1_`` and ``lora_te2_``).
     """
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
     g = torch.Generator().manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(str(sd), subfolder='unet')
-    text = CLIPTextModel.from_pretrained(str(sd), subfolder='text_encoder')
     tensors: dict[str, torch.Tensor] = {}
 
     def add(prefix: str, name: str, module: torch.nn.Module) -> None:
@@ -204,31 +237,61 @@ def _save_lora_kohya(sd: Path, path: Path, seed: int, rank: int = 4, alpha: floa
 
     for name, module in _lora_targets(unet, ('to_q', 'to_k', 'to_v', 'to_out.0', 'conv1', 'conv2')).items():
         add('lora_unet_', name, module)
-    for name, module in _lora_targets(text, ('q_proj', 'k_proj', 'v_proj', 'out_proj')).items():
-        # kohya names text-encoder layers after transformers 4.x's CLIPTextModel ('text_model.' prefix)
-        add('lora_te_', 'text_model.' + name.removeprefix('text_model.'), module)
+    for subfolder, prefix in (text_prefixes or {'text_encoder': 'lora_te_'}).items():
+        text = CLIPTextModel.from_pretrained(str(sd), subfolder=subfolder)
+        for name, module in _lora_targets(text, ('q_proj', 'k_proj', 'v_proj', 'out_proj')).items():
+            # kohya names text-encoder layers after transformers 4.x's CLIPTextModel ('text_model.' prefix)
+            add(prefix, 'text_model.' + name.removeprefix('text_model.'), module)
     save_file(tensors, str(path), metadata={'ss_network_module': 'lycoris.kohya', 'ss_network_dim': str(rank),
                                             'ss_network_alpha': str(alpha)})
 
 
-def make_tiny_sd(out: str | os.PathLike, sd2: bool = True, overwrite: bool = False) -> Path:
-    """Write all tiny assets under ``out`` (skipped when already complete) and return ``out``."""
+def make_tiny_sdxl(out: str | os.PathLike) -> None:
+    """The SDXL-shaped assets: ``sdxl/``, ``sdxl-controlnet/``, ``sdxl-lora/{a,b}.safetensors``."""
     out = Path(out)
-    done = out / '.complete'
-    if done.exists() and not overwrite:
-        return out
-    out.mkdir(parents=True, exist_ok=True)
+    text = dict(TINY_TEXT, hidden_act='gelu')
+    _save_pipeline(out / 'sdxl', TINY_SDXL_UNET, text, seed=5, text_cfg_2=text,
+                   vae_cfg=dict(TINY_VAE, force_upcast=True))  # as SDXL's VAE: fp16 overflows
+    _save_controlnet(out / 'sdxl', out / 'sdxl-controlnet', seed=6)
+    (out / 'sdxl-lora').mkdir(exist_ok=True)
+    _save_lora_diffusers(out / 'sdxl', out / 'sdxl-lora' / 'a.safetensors', seed=7, text_encoders=('text_encoder_2',))
+    _save_lora_kohya(out / 'sdxl', out / 'sdxl-lora' / 'b.safetensors', seed=8,
+                     text_prefixes={'text_encoder': 'lora_te1_', 'text_encoder_2': 'lora_te2_'})
+
+
+def _save_sd(out: Path) -> None:
     _save_pipeline(out / 'sd', TINY_UNET, TINY_TEXT, seed=0)
     _save_controlnet(out / 'sd', out / 'controlnet-canny', seed=1)
     (out / 'lora').mkdir(exist_ok=True)
     _save_lora_diffusers(out / 'sd', out / 'lora' / 'a.safetensors', seed=2)
     _save_lora_kohya(out / 'sd', out / 'lora' / 'b.safetensors', seed=3)
-    if sd2:
-        # SD2: linear projections in the transformers, wider text states, per-level head counts
-        unet2 = dict(TINY_UNET, cross_attention_dim=64, use_linear_projection=True, attention_head_dim=(2, 4, 8, 8))
-        _save_pipeline(out / 'sd2', unet2, dict(TINY_TEXT, hidden_size=64, intermediate_size=128), seed=4,
-                       train_vae=False)
-    done.write_text(json.dumps({'sd2': sd2}))
+
+
+#: SD2: linear projections in the transformers, wider text states, per-level head counts
+_TINY_SD2_UNET = dict(TINY_UNET, cross_attention_dim=64, use_linear_projection=True, attention_head_dim=(2, 4, 8, 8))
+_TINY_SD2_TEXT = dict(TINY_TEXT, hidden_size=64, intermediate_size=128)
+
+
+def _save_sd2(out: Path) -> None:
+    _save_pipeline(out / 'sd2', _TINY_SD2_UNET, _TINY_SD2_TEXT, seed=4, train_vae=False)
+    # SD2.1-768: the same shapes, a v-prediction scheduler (what differs is the scheduler's config)
+    _save_pipeline(out / 'sd2v', _TINY_SD2_UNET, _TINY_SD2_TEXT, seed=9, train_vae=False,
+                   prediction_type='v_prediction')
+
+
+def make_tiny_sd(out: str | os.PathLike, sd2: bool = True, sdxl: bool = True, overwrite: bool = False) -> Path:
+    """Write the tiny assets under ``out`` and return ``out``; each family (``sd``, ``sd2`` with
+    ``sd2v``, ``sdxl``) is skipped when already written, unless ``overwrite``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = out / '.complete'
+    written = json.loads(done.read_text() or '{}') if done.exists() and not overwrite else {}
+    written.setdefault('sd', done.exists() and not overwrite)  # folders from before the per-family record
+    for family, wanted, save in (('sd', True, _save_sd), ('sd2', sd2, _save_sd2), ('sdxl', sdxl, make_tiny_sdxl)):
+        if wanted and not (written.get(family) and (family != 'sd2' or (out / 'sd2v').is_dir())):
+            save(out)
+            written[family] = True
+            done.write_text(json.dumps(written))
     return out
 
 
@@ -255,6 +318,31 @@ def make_sd15_shaped(out: str | os.PathLike) -> Path:
     for i, name in enumerate(('a', 'b')):
         _save_lora_kohya(out / 'sd', out / 'lora' / f'{name}.safetensors', seed=2 + i, rank=64, alpha=32.0,
                          conv_rank=32, up_scale=0.02)
+    (out / '.complete').write_text('{}')
+    return out
+
+
+#: SDXL base 1.0's real configurations (weights random)
+SDXL_UNET = dict(sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+                 down_block_types=('DownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'),
+                 up_block_types=('CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'UpBlock2D'),
+                 transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+                 addition_embed_type='text_time', addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816, cross_attention_dim=2048)
+SDXL_TEXT_2 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                   max_position_embeddings=77, hidden_act='gelu', projection_dim=1280)
+
+
+def make_sdxl_shaped(out: str | os.PathLike) -> Path:
+    """SDXL-base- and controlnet-canny-sdxl-shaped random weights (for benchmarks): ~19 GB on disk."""
+    out = Path(out)
+    if (out / '.complete').exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    _save_pipeline(out / 'sd', SDXL_UNET, dict(SD15_TEXT, hidden_act='quick_gelu'), seed=0, text_cfg_2=SDXL_TEXT_2,
+                   vae_cfg=dict(SD15_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
+                   calibrate_vae=False, train_vae=False)
+    _save_controlnet(out / 'sd', out / 'controlnet-canny', seed=1, cond_channels=(16, 32, 96, 256))
     (out / '.complete').write_text('{}')
     return out
 

@@ -1,0 +1,33 @@
+"""Every UNet module a backbone can tap, with its output's kind, channels, stride and shape.
+
+  python tools/list_taps.py checkpoints/stable-diffusion-v1-5 --size 512 512
+  python tools/list_taps.py checkpoints/stable-diffusion-xl-base-1.0 --size 1024 1024 --grep up_blocks.0
+
+Names go into the backbone's ``taps``; maps and tokens alike become feature levels of that stride.
+"""
+import argparse
+
+from mmseg_gate.models.taps import tappable_modules
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('pretrained', help='diffusers folder or hub id (SD1.x, SD2.x, SDXL)')
+    parser.add_argument('--size', type=int, nargs=2, default=(512, 512), metavar=('H', 'W'),
+                        help='SD input size (default: %(default)s)')
+    parser.add_argument('--grep', default='', help='only names containing this')
+    parser.add_argument('--unet', help='another UNet folder, as the backbone\'s unet=')
+    args = parser.parse_args()
+    taps = [t for t in tappable_modules(args.pretrained, tuple(args.size), unet=args.unet) if args.grep in t.name]
+    h, w = args.size
+    print(f'{"module":70s} {"kind":6s} {"channels":>8s} {"stride":>6s}  shape at {h}x{w}')
+    for tap in taps:
+        grid = f'{-(-h // tap.stride)}x{-(-w // tap.stride)}'
+        shape = f'[B, {grid.replace("x", "*")}, {tap.channels}]' if tap.tokens else f'[B, {tap.channels}, {grid}]'
+        print(f'{tap.name:70s} {"tokens" if tap.tokens else "map":6s} {tap.channels:8d} {"1/" + str(tap.stride):>6s}  '
+              f'{shape}')
+    print(f'{len(taps)} modules')
+
+
+if __name__ == '__main__':
+    main()
