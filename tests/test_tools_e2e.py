@@ -63,6 +63,19 @@ def ade_checkpoint(workspace):
     return wd / 'iter_2.pth'
 
 
+def test_tiny_sdxl_demo_trains_and_tests(workspace):
+    """configs/demo/gate_tiny_sdxl_ade20k.py through tools/train.py: SDXL conditioning, its ControlNet,
+    a kohya LoRA on both text encoders and token taps in a training run; the checkpoint stays small."""
+    wd = workspace / 'work_dirs' / 'sdxl'
+    _, out = run(workspace, sys.executable, tool('train.py'), config('demo/gate_tiny_sdxl_ade20k.py'),
+                 '--work-dir', str(wd), '--cfg-options', *SHORT)
+    assert 0 <= miou(out) <= 100
+    from mmseg_gate.checkpoint_compat import load_runner_checkpoint
+    ckpt = load_runner_checkpoint(str(wd / 'iter_2.pth'), map_location='cpu')
+    assert ckpt['meta']['gate_frozen']['pretrained'].endswith('sdxl')
+    assert not any('unet' in k or 'text_encoder' in k or 'controlnet' in k for k in ckpt['state_dict'])
+
+
 def test_ade20k_train_then_test_with_outputs(workspace, ade_checkpoint):
     assert ade_checkpoint.exists()
     # the checkpoint holds the trainable weights only (MBs, not the frozen SD)
