@@ -33,12 +33,32 @@ def test_guideline_judges_a_technique_that_keeps_the_input_closer(tiny, pictures
     assert keep['verdict'] == 'suppresses content shift' and keep['closer_on'] == 2
     # the check can fail: a technique that shifts content more than the reference is judged so
     worse = run(guideline_args(tiny, pictures, tmp_path / 'worse', '{"strength": 0.9}', '{"strength": 0.2}'))
-    assert worse['verdict'] == 'does not suppress content shift' and worse['closer_on'] == 0
+    assert worse['verdict'] == 'increases content shift' and worse['closer_on'] == 0
     out = tmp_path / 'keep'
     assert sorted(p.name for p in out.glob('grid_*.png')) == ['grid_ADE_train_00000001.png', 'grid_ADE_train_00000002.png']
     assert (out / 'scores.csv').read_text().count('\n') == 3
     assert set(json.loads((out / 'scores.json').read_text())['rows'][0]) >= {
         'reference_psnr', 'reference_ssim', 'technique_psnr', 'technique_ssim', 'feature_score'}
+
+
+def test_guideline_says_no_measurable_difference_for_the_reference_itself(tiny, pictures, tmp_path):
+    """A technique identical to the reference must not be called a suppressor (or the opposite)."""
+    from gate_guideline import run
+    same = run(guideline_args(tiny, pictures, tmp_path, '{}'))
+    assert same['verdict'] == 'no measurable difference' and same['agree']
+    assert all(r['reference_seed2_psnr'] != r['reference_psnr'] for r in same['rows'])  # the spread is measured
+
+
+def test_guideline_verdict_weighs_effects_against_the_seed_spread():
+    from mmseg_gate.guideline import effect, verdict
+    # the reported case: 0.06 dB closer while two seeds differ by 0.5 dB, and a negative feature score
+    small = verdict(effect([0.06, 0.05, 0.07], [0.5, -0.4, 0.6]), effect([-0.365] * 3, [0.05, -0.04, 0.06]))
+    assert small['verdict'] == 'no measurable difference' and not small['agree']
+    assert 'disagrees: increases content shift' in small['text']
+    clear = verdict(effect([2.0, 2.5, 1.8], [0.3, -0.2, 0.4]), effect([0.2, 0.3, 0.25], [0.01, -0.02, 0.01]))
+    assert clear['verdict'] == 'suppresses content shift' and clear['agree']
+    noisy = verdict(effect([3.0, -2.0, 0.5], [0.1, -0.1, 0.1]), effect([0.0] * 3, [0.0] * 3))
+    assert noisy['verdict'] == 'no measurable difference'  # within twice the standard error
 
 
 def test_guideline_with_lora_and_controlnet(tiny, pictures, tmp_path):

@@ -5,6 +5,9 @@ technique (the reference) and with it, and scores how close each output stays to
 PSNR and SSIM (scikit-image), LPIPS if you give local LPIPS weights, and the paper's feature-level
 score: diff = sum over pixels | ||Lap(F_ref)|| - ||Lap(F)|| | with F_ref the features at t=0,
 score = (diff_reference - diff_technique) / diff_reference (> 0: the technique's features are closer).
+The reference also runs with a second seed: an effect counts only when it exceeds what the two seeds
+differ by (and twice its standard error over the images); otherwise the verdict is "no measurable
+difference". Pixel and feature verdicts are compared (mmseg_gate.guideline).
 
   python tools/gate_guideline.py --sd checkpoints/stable-diffusion-v1-5 --images data/samples \\
       --technique '{"prompt": "a highly realistic photo ...", "loras": [{"path": "lora/a.safetensors"}],
@@ -102,22 +105,28 @@ def laplacian_norm(feat: torch.Tensor) -> torch.Tensor:
     return lap.norm(dim=0)
 
 
-def feature_scores(backbone, img: torch.Tensor, timestep: int) -> dict:
-    """The paper's feature-level score of branch 1 (technique) against branch 0 (reference), per level."""
-    saved = backbone.timestep
+def _feature_diffs(backbone, img: torch.Tensor, timestep: int, seed: int) -> list[list[float]]:
+    """Per level, per branch: sum | ||Lap(F_t=0)|| - ||Lap(F_t)|| |, F_t on the noise of ``seed``."""
+    saved = backbone.timesteps, backbone.noise_policy.seed
     try:
-        backbone.timestep = 0
+        backbone.timesteps = [0] * len(backbone.specs)
         anchor = backbone.extract(img)
-        backbone.timestep = timestep
+        backbone.timesteps, backbone.noise_policy.seed = [timestep] * len(backbone.specs), seed
         feats = backbone.extract(img)
     finally:
-        backbone.timestep = saved
-    scores = []
-    for level in range(len(feats)):
-        ref = laplacian_norm(anchor[level][0][0])
-        diff = [(ref - laplacian_norm(feats[level][b][0])).abs().sum().item() for b in (0, 1)]
-        scores.append((diff[0] - diff[1]) / max(diff[0], 1e-12))
-    return {'feature_score': float(np.mean(scores)), 'feature_score_per_level': scores}
+        backbone.timesteps, backbone.noise_policy.seed = saved
+    return [[(laplacian_norm(anchor[level][0][0]) - laplacian_norm(feats[level][b][0])).abs().sum().item()
+             for b in range(len(feats[level]))] for level in range(len(feats))]
+
+
+def feature_scores(backbone, img: torch.Tensor, timestep: int, seed: int = 0) -> dict:
+    """The paper's feature-level score of branch 1 (technique) against branch 0 (reference), per level,
+    and the same score of the reference on the noise of ``seed + 1`` (its seed-to-seed spread)."""
+    diffs, other = _feature_diffs(backbone, img, timestep, seed), _feature_diffs(backbone, img, timestep, seed + 1)
+    scores = [(d[0] - d[1]) / max(d[0], 1e-12) for d in diffs]
+    noise = [(d[0] - o[0]) / max(d[0], 1e-12) for d, o in zip(diffs, other)]
+    return {'feature_score': float(np.mean(scores)), 'feature_score_per_level': scores,
+            'feature_seed_difference': float(np.mean(noise))}
 
 
 def closeness(a: np.ndarray, b: np.ndarray, lpips_model=None) -> dict:
@@ -183,30 +192,34 @@ def run(args) -> dict:
         src = np.asarray(image)
         common = dict(seed=args.seed, steps=args.num_steps, guidance=args.guidance)
         ref_img = np.asarray(pipes(image, reference.get('prompt', ''), ref_strength, False, **common))
+        ref2_img = np.asarray(pipes(image, reference.get('prompt', ''), ref_strength, False,
+                                    **dict(common, seed=args.seed + 1)))  # the seed-to-seed spread
         tech_img = np.asarray(pipes(image, technique.get('prompt', reference.get('prompt', '')), tech_strength, True,
                                     **common))
         x = torch.from_numpy(src).permute(2, 0, 1)[None].float().to(args.device) / 127.5 - 1
         row = {'image': str(path), **{f'reference_{k}': v for k, v in closeness(src, ref_img, lpips_model).items()},
                **{f'technique_{k}': v for k, v in closeness(src, tech_img, lpips_model).items()},
-               **feature_scores(backbone, x, args.timestep)}
+               'reference_seed2_psnr': closeness(src, ref2_img)['psnr'],
+               **feature_scores(backbone, x, args.timestep, args.seed)}
         row['closer'] = bool(row['technique_psnr'] > row['reference_psnr'])
         rows.append(row)
         save_grid(out / f'grid_{path.stem}.png', [src, ref_img, tech_img],
                   ['input', f"reference  PSNR {row['reference_psnr']:.1f}  SSIM {row['reference_ssim']:.2f}",
                    f"technique  PSNR {row['technique_psnr']:.1f}  SSIM {row['technique_ssim']:.2f}"])
+    from mmseg_gate.guideline import effect, verdict
     wins = sum(r['closer'] for r in rows)
+    judged = verdict(effect([r['technique_psnr'] - r['reference_psnr'] for r in rows],
+                            [r['reference_seed2_psnr'] - r['reference_psnr'] for r in rows]),
+                     effect([r['feature_score'] for r in rows], [r['feature_seed_difference'] for r in rows]))
     summary = {'technique': technique, 'reference': reference, 'images': len(rows), 'closer_on': wins,
-               'mean_feature_score': float(np.mean([r['feature_score'] for r in rows])),
-               'verdict': 'suppresses content shift' if wins * 2 > len(rows) else 'does not suppress content shift',
-               'rows': rows}
+               'mean_feature_score': float(np.mean([r['feature_score'] for r in rows])), **judged, 'rows': rows}
     (out / 'scores.json').write_text(json.dumps(summary, indent=2))
     with open(out / 'scores.csv', 'w', newline='') as f:
         fields = [k for k in rows[0] if k != 'feature_score_per_level']
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
         writer.writeheader()
         writer.writerows(rows)
-    print(f"verdict: {summary['verdict']} (closer to the input than the reference on {wins}/{len(rows)} images; "
-          f"mean feature score {summary['mean_feature_score']:+.3f})")
+    print(f"verdict: {summary['text']}; closer to the input than the reference on {wins}/{len(rows)} images")
     return summary
 
 

@@ -13,11 +13,14 @@ from mmseg.registry import MODELS
 from ..utils.memory import HeapTrimPolicy
 from ..utils.timing import no_timer
 from .amalgamation import Amalgamation
+from .attention_maps import CrossAttentionMaps
 from .branch_batching import BASE_ADAPTER, lora_layers, mixed_adapter_batch, plan_branch_groups
 from .branches import AdapterRegistry, parse_branches
+from .denoising import DenoisingPlan, Denoiser, load_scheduler, plan_denoising
 from .controlnets import BranchInput, batch_residuals, controlnet_residuals, load_controlnets, take_residuals
 from .families import TextCondition
 from .inference_blocks import chunk_feed_forward
+from .ip_adapter import IPAdapters
 from .noise import NoisePolicy
 from .prompts import BranchPrompts
 from .stable_diffusion import FrozenStableDiffusion, find_modules, resolve_dtype, run_until_taps
@@ -41,9 +44,11 @@ class GATEDiffusionBackbone(BaseModule):
     Args:
         pretrained: local diffusers folder or hub id of a Stable Diffusion model: SD1.x, SD2.x
             (also 768 v-prediction) or SDXL, told apart by the folder (:mod:`.families`).
-        branches: list of dicts ``dict(name, prompt=None, timestep=None, loras=[dict(path, scale)],
-            controlnets=[dict(path, condition='canny', scale=1.0, condition_cfg={})])``; a branch's
-            own ``timestep`` (multi-timestep ensembles) still shares the batched UNet call.
+        branches: list of dicts ``dict(name, prompt=None, timestep=None, denoising_from=None,
+            loras=[dict(path, scale)], controlnets=[dict(path, condition='canny', scale=1.0,
+            condition_cfg={})], ip_adapters=[dict(path, image_encoder, scale=1.0)])``; a branch's own
+            ``timestep`` (multi-timestep ensembles) still shares the batched UNet call; IP-Adapters
+            take the input image as their image prompt (:mod:`.ip_adapter`).
         prompt: default prompt of every branch without its own.
         timestep: the scheduler's training timestep t (0..999): the latents are noised to
             alpha_bar[t] and the UNet gets t. The authors' "t=50" went through PNDM's img2img
@@ -54,6 +59,11 @@ class GATEDiffusionBackbone(BaseModule):
             grid (:mod:`.taps`; ``tools/list_taps.py`` lists them). Levels are sorted by stride.
         merge_same_stride: taps that share a stride form one level of concatenated channels
             (``True``) or a level each (``False``).
+        attention: cross-attention maps as one more feature (:class:`CrossAttentionMaps`):
+            ``dict(layers='up_cross', strides=(32, 16), average_layers=True, stride=8)`` are the
+            authors' (154 channels at 1/8 for SD1.5); only those layers give up fused attention.
+            The feature is a level of its own, or joins the taps of its stride with
+            ``merge_same_stride``.
         dtype: 'fp32' | 'fp16' | 'bf16' for the frozen parts (fp32 on CPU).
         noise: the noise policy (:mod:`.noise`): ``'gate'`` (default, the authors' training: fresh
             posterior sample and noise per branch and step while training; seeded per branch in
@@ -68,6 +78,10 @@ class GATEDiffusionBackbone(BaseModule):
             resized bilinearly and the control images are made from an antialiased bicubic resize
             of the pixels (as the authors' PIL path). Features are brought back to the input's
             1/stride grid. ``None`` (default): no resize.
+        denoising_from: noise to this timestep instead and run the scheduler's img2img steps down to
+            the extraction timestep with each branch's conditioning before extracting (the authors'
+            ``denoising_from``, :mod:`.denoising`); per branch too. Deterministic in eval.
+        denoising_scheduler: a diffusers scheduler class for those steps (default: the folder's).
         mean, std: the data preprocessor's normalisation, undone here.
         amalgamation: kwargs of :class:`Amalgamation`, or ``None`` to return a single branch's raw
             features.
@@ -103,6 +117,9 @@ class GATEDiffusionBackbone(BaseModule):
                  timestep: int = 50,
                  taps: Sequence[str] = GATE_TAPS,
                  merge_same_stride: bool = False,
+                 attention: dict | None = None,
+                 denoising_from: int | None = None,
+                 denoising_scheduler: str | None = None,
                  dtype: str = 'fp32',
                  noise: str = 'gate',
                  noise_seed: int = 0,
@@ -150,6 +167,7 @@ class GATEDiffusionBackbone(BaseModule):
         for spec, t in zip(self.specs, self.timesteps):
             if not 0 <= t < steps:
                 raise ValueError(f'timestep={t} (branch {spec.name!r}) is outside [0, {steps})')
+        self.denoiser, self.plans = self._plan_denoising(sd, denoising_from, denoising_scheduler)
         self.adapters = AdapterRegistry(self.specs, sd.family)
         unet_config = self._unet_config(sd)
         for target in sd.text_encoders:
@@ -162,19 +180,27 @@ class GATEDiffusionBackbone(BaseModule):
         self._lora_params = [p for n, p in sd.unet.named_parameters() if 'lora_' in n]
         self._lora_layers = lora_layers(sd.unet)
         self.controlnet_index = load_controlnets(sd, self.specs, resolve_dtype(dtype), hub_kwargs or {})
+        self.ip = self._load_ip_adapters(sd, attention, resolve_dtype(dtype), hub_kwargs or {})
         sd.requires_grad_(False).eval()  # again: peft adapters and ControlNets arrived after __init__
         if release_cpu_memory and getattr(sd.unet, 'mid_block', None) is not None:
             # the down blocks' freed activations go too
             sd.unet.mid_block.register_forward_pre_hook(self.heap.release)
         self.taps = tuple(taps)
         self.tap_modules = find_modules(sd.unet, self.taps)
+        self.attention = None if attention is None else CrossAttentionMaps(sd.unet, **attention)
         chunk_feed_forward(sd.unet, int(feed_forward_chunks), exclude=feed_forwards_tapped(sd.unet, self.taps))
         if compile:
             sd.compile_static_parts(**(compile if isinstance(compile, dict) else {}))
         # per branch its UNet adapters as ((adapter name, scale), ...)
         self.unet_adapter_keys = [tuple(zip(*self.adapters.of(spec, 'unet'))) for spec in self.specs]
         self.batch_branches = batch_branches
-        self.branch_groups = plan_branch_groups(self.unet_adapter_keys, batch_branches)
+        # branches share a UNet call when their LoRAs allow it (peft) and their IP-Adapter scales agree
+        ip_keys = self.ip.branch_scales if self.ip else [()] * len(self.specs)
+        self.branch_groups = []
+        for key in dict.fromkeys(ip_keys):
+            members = [i for i, k in enumerate(ip_keys) if k == key]
+            self.branch_groups += [[members[j] for j in g] for g in
+                                   plan_branch_groups([self.unet_adapter_keys[i] for i in members], batch_branches)]
         self.tap_info = self._probe_taps()
         self.levels = plan_levels(self.tap_info, merge_same_stride)
         in_channels = [sum(self.tap_info[i].channels for i in level) for level in self.levels]
@@ -200,6 +226,35 @@ class GATEDiffusionBackbone(BaseModule):
         path, kwargs = (sd.unet_path, {}) if sd.unet_path else (sd.pretrained, dict(subfolder='unet'))
         return FrozenDict(UNet2DConditionModel.load_config(path, **kwargs, **sd.hub_kwargs))
 
+    def _plan_denoising(self, sd: FrozenStableDiffusion, default_start: int | None, scheduler: str | None):
+        """Per branch its denoising steps (or ``None``); extraction moves to the plan's last timestep."""
+        starts = [default_start if s.denoising_from is None else s.denoising_from for s in self.specs]
+        if all(start is None for start in starts):
+            return None, [None] * len(self.specs)
+        if self.noise_policy.mode == 'none':
+            raise ValueError("denoising_from denoises noisy latents: it cannot be combined with noise='none'")
+        denoiser = Denoiser(load_scheduler(sd.pretrained, scheduler, **sd.hub_kwargs))
+        plans = [None if start is None else plan_denoising(denoiser.scheduler, start, t)
+                 for start, t in zip(starts, self.timesteps)]
+        self.timesteps = [t if plan is None else plan.extract for t, plan in zip(self.timesteps, plans)]
+        return denoiser, plans
+
+    def _load_ip_adapters(self, sd: FrozenStableDiffusion, attention: dict | None, dtype: torch.dtype,
+                          hub_kwargs: dict) -> IPAdapters | None:
+        if not any(s.ip_adapters for s in self.specs):
+            return None
+        if attention is not None:
+            raise ValueError('attention maps and IP-Adapters both replace the cross-attention processors: '
+                             'use one of them per backbone')
+        ip = IPAdapters(sd.unet, [[dict(a) for a in s.ip_adapters] for s in self.specs], dtype, hub_kwargs)
+        sd.image_encoders = ip.encoders  # moved with the frozen stack
+        return ip
+
+    @property
+    def _exit_modules(self) -> list:
+        """The modules whose outputs end the UNet pass: the taps, and the attention-map layers."""
+        return self.tap_modules + ([] if self.attention is None else self.attention.layer_modules)
+
     @torch.no_grad()
     def _probe_taps(self):
         """One tiny UNet pass on a non-square input to learn each tap's channels, stride and kind."""
@@ -208,10 +263,14 @@ class GATEDiffusionBackbone(BaseModule):
         image_hw = (2 * m * self.sd.vae_scale_factor, 3 * m * self.sd.vae_scale_factor)
         self._set_unet_adapters(())
         text = self.prompts.fixed(0).to(self.sd.dtype)
-        outs = run_until_taps(self.sd.unet, self.tap_modules, latents, self.timestep,
-                              encoder_hidden_states=text.hidden, return_dict=False,
-                              **self.sd.family.unet_kwargs(text.pooled, image_hw))
-        return probe_taps(self.taps, outs, image_hw)
+        kwargs = self.sd.family.unet_kwargs(text.pooled, image_hw)
+        if self.ip is not None:
+            self.ip.set_scales(tuple(0.0 for _ in self.ip.paths))
+            kwargs = self._with_image_embeds(kwargs, [self.ip.zero_embeds(1, latents)])
+        outs = run_until_taps(self.sd.unet, self._exit_modules, latents, self.timestep,
+                              encoder_hidden_states=text.hidden, return_dict=False, **kwargs)
+        taps = probe_taps(self.taps, outs[:len(self.taps)], image_hw)
+        return taps if self.attention is None else [*taps, self.attention.select(image_hw)]
 
     # ----------------------------------------------------------------- nn.Module plumbing
     def _apply(self, fn, recurse: bool = True):
@@ -220,9 +279,12 @@ class GATEDiffusionBackbone(BaseModule):
 
     def frozen_provenance(self) -> dict:
         """What the frozen parts were built from (recorded in checkpoints by ``GATECheckHook``)."""
-        return dict(pretrained=str(self.sd.pretrained), loras=dict(self.adapters.sha256),
-                    controlnets=sorted(self.controlnet_index), timestep=self.timestep, taps=list(self.taps),
-                    dtype=str(self.sd.dtype).replace('torch.', ''))
+        out = dict(pretrained=str(self.sd.pretrained), loras=dict(self.adapters.sha256),
+                   controlnets=sorted(self.controlnet_index), timestep=self.timestep, taps=list(self.taps),
+                   dtype=str(self.sd.dtype).replace('torch.', ''))
+        overrides = dict(unet=self.sd.unet_path, vae=self.sd.vae_path,  # only when set: older checkpoints match
+                         timesteps=self.timesteps if len(set(self.timesteps) | {self.timestep}) > 1 else None)
+        return {**out, **{k: v for k, v in overrides.items() if v is not None}}
 
     def frozen_modules(self) -> FrozenStableDiffusion:
         """The frozen SD stack (VAE, UNet with adapters, ControlNets)."""
@@ -298,16 +360,24 @@ class GATEDiffusionBackbone(BaseModule):
             self.heap.start(x, sd.vae)
             self.heap.release()
             mean, std = sd.encode_posterior(x)
+            levels = [t if plan is None else plan for t, plan in zip(self.timesteps, self.plans)]
             noisy = self.noise_policy.noisy_latents(  # one tensor per branch
-                mean, std, self.timesteps, self.training, sd.add_noise)
+                mean, std, levels, self.training, self._add_noise)
             del mean, std
-        unet_kwargs = self._unet_kwargs(self._sd_size(h, w))
+        sd_h, sd_w = self._sd_size(h, w)
+        unet_kwargs = self._unet_kwargs((sd_h, sd_w))
+        image_embeds = None
+        if self.ip is not None:
+            with timed('ip_adapter'):
+                image_embeds = [e.to(sd.dtype) for e in self.ip.image_embeds(pixels[..., :sd_h, :sd_w])]
         inputs = []
         for branch, (latents, t) in enumerate(zip(noisy, self.timesteps)):
             text, text_key = self.prompts.branch_condition(branch, b)
             inputs.append(BranchInput(latents, torch.full((b,), t, device=x.device), text.to(sd.dtype),
-                                      (id(latents), t, text_key)))
+                                      (id(latents), t, text_key), image_embeds))
         del noisy
+        if self.denoiser is not None:
+            self._denoise(inputs, pixels, unet_kwargs, timed)
         self.heap.release()
         residuals = controlnet_residuals(sd, self.controlnet_index, self.specs, inputs, pixels, unet_kwargs,
                                          self.batch_branches, timed)
@@ -317,7 +387,8 @@ class GATEDiffusionBackbone(BaseModule):
         sd_hw = tuple(x.shape[-2:])
         for group in self.branch_groups:
             with timed('unet'):
-                outs = self._unet_pass(group, inputs, take_residuals(residuals, group), unet_kwargs)
+                outs = self._unet_pass(group, [inputs[i] for i in group], take_residuals(residuals, group),
+                                       unet_kwargs)
             for branch, branch_outs in zip(group, outs):
                 for level, taps in enumerate(self.levels):
                     maps = [to_feature_map(branch_outs[i], self.tap_info[i], sd_hw).float() for i in taps]
@@ -330,13 +401,42 @@ class GATEDiffusionBackbone(BaseModule):
         the SD input's size before padding)."""
         return lambda pooled: self.sd.family.unet_kwargs(pooled, size)
 
-    def _unet_pass(self, group: list[int], inputs: list[BranchInput], residuals: list[tuple],
-                   unet_kwargs) -> list[list[torch.Tensor]]:
-        """One UNet call for the branches ``group``, stopped after the last tap: their tap outputs.
+    def _add_noise(self, latents: torch.Tensor, noise: torch.Tensor | None, level) -> torch.Tensor:
+        """Noise to a timestep (fp32 DDPM formula), or to a denoising plan's start (its scheduler's)."""
+        if isinstance(level, DenoisingPlan):
+            return self.denoiser.add_noise(level, latents, noise, self.sd.dtype)
+        return self.sd.add_noise(latents, noise, level)
+
+    def _denoise(self, inputs: list[BranchInput], pixels: torch.Tensor, unet_kwargs, timed) -> None:
+        """The branches' denoising steps, one batched loop per adapter group and plan (full UNet and
+        ControlNet passes per step); their inputs then hold the latents at the extraction timestep."""
+        b = pixels.shape[0]
+        for group in self.branch_groups:
+            by_plan: dict = {}
+            for i in group:
+                if self.plans[i] is not None:
+                    by_plan.setdefault(self.plans[i], []).append(i)
+            for plan, members in by_plan.items():
+                def predict(model_input, t, members=members):
+                    step = [BranchInput(x, torch.full((b,), t, device=x.device), inputs[i].text,
+                                        (id(x), t, inputs[i].key[2]), inputs[i].image_embeds)
+                            for x, i in zip(model_input.split(b), members)]
+                    residuals = controlnet_residuals(self.sd, self.controlnet_index, [self.specs[i] for i in members],
+                                                     step, pixels, unet_kwargs, self.batch_branches, timed)
+                    with timed('denoising'):
+                        return self._unet_pass(members, step, residuals, unet_kwargs, full=True)
+                latents = self.denoiser.run(plan, torch.cat([inputs[i].noisy for i in members]), predict)
+                for i, x in zip(members, latents.split(b)):
+                    inputs[i].noisy, inputs[i].key = x, (id(x), plan.extract, inputs[i].key[2])
+
+    def _unet_pass(self, group: list[int], parts: list[BranchInput], residuals: list[tuple],
+                   unet_kwargs, full: bool = False) -> list[list[torch.Tensor]] | torch.Tensor:
+        """One UNet call for the branches ``group`` (their inputs ``parts``), stopped after the last tap:
+        their tap outputs; ``full``: the whole forward, its prediction.
 
         ``residuals``: the group's ControlNet residuals, handed over (see :func:`take_residuals`).
         """
-        n, b = len(group), inputs[0].noisy.shape[0]
+        n, b = len(group), parts[0].noisy.shape[0]
         down, mid = batch_residuals(residuals)
         keys = [self.unet_adapter_keys[i] for i in group]
         adapters = tuple(dict.fromkeys(kv for key in keys for kv in key))
@@ -345,14 +445,32 @@ class GATEDiffusionBackbone(BaseModule):
         if n > 1 and adapters:
             batch = mixed_adapter_batch(self._lora_layers, [key[0][0] if key else BASE_ADAPTER
                                                             for key in keys for _ in range(b)])
-        parts = [inputs[i] for i in group]
         text = TextCondition.cat([p.text for p in parts])
+        latents = torch.cat([p.noisy for p in parts])
+        timesteps = torch.cat([p.timestep for p in parts])
+        kwargs = unet_kwargs(text.pooled)
+        if self.ip is not None:
+            self.ip.set_scales(self.ip.branch_scales[group[0]])
+            kwargs = self._with_image_embeds(kwargs, [p.image_embeds for p in parts])
+        if full:
+            with batch:
+                return self.sd.unet(latents, timesteps, encoder_hidden_states=text.hidden,
+                                    down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                                    return_dict=False, **kwargs)[0]
         with batch:
-            outs = run_until_taps(self.sd.unet, self.tap_modules, torch.cat([p.noisy for p in parts]),
-                                  torch.cat([p.timestep for p in parts]), encoder_hidden_states=text.hidden,
-                                  down_block_additional_residuals=down, mid_block_additional_residual=mid,
-                                  return_dict=False, **unet_kwargs(text.pooled))
+            outs = run_until_taps(self.sd.unet, self._exit_modules, latents, timesteps,
+                                  encoder_hidden_states=text.hidden, down_block_additional_residuals=down,
+                                  mid_block_additional_residual=mid, return_dict=False, **kwargs)
+        outs = outs[:len(self.taps)]
+        if self.attention is not None:
+            outs.append(self.attention.collect(tuple(s * self.sd.vae_scale_factor for s in latents.shape[-2:])))
         return [[o[j * b:(j + 1) * b] for o in outs] for j in range(n)]
+
+    @staticmethod
+    def _with_image_embeds(kwargs: dict, per_branch: list[list[torch.Tensor]]) -> dict:
+        """The UNet kwargs plus the IP-Adapter image embeddings of the batched branches."""
+        embeds = [torch.cat(parts) for parts in zip(*per_branch)]
+        return dict(kwargs, added_cond_kwargs=dict(kwargs.get('added_cond_kwargs', {}), image_embeds=embeds))
 
     def _to_input_grid(self, feat: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
         """Crop the padding off; after a resize, interpolate back to the input's 1/stride grid."""

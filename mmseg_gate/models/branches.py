@@ -46,6 +46,8 @@ class BranchSpec:
     controlnets: tuple[ControlNetSpec, ...] = ()
     own_prompt: bool = False  # True: its own prompt, not replaced by per-image prompts
     timestep: int | None = None  # its own timestep (None: the backbone's)
+    denoising_from: int | None = None  # img2img steps from here down to its timestep (None: the backbone's)
+    ip_adapters: tuple = ()  # per IP-Adapter its sorted (key, value) pairs: path, image_encoder, scale
 
     @property
     def adapter_key(self) -> tuple:
@@ -67,7 +69,8 @@ def parse_branches(branches: Sequence[dict], default_prompt: str) -> list[Branch
     for i, cfg in enumerate(branches):
         cfg = dict(cfg)
         name = cfg.get('name', f'branch{i}')
-        _take(cfg, ('name', 'prompt', 'loras', 'controlnets', 'timestep'), f'branch {name!r}')
+        _take(cfg, ('name', 'prompt', 'loras', 'controlnets', 'timestep', 'denoising_from', 'ip_adapters'),
+              f'branch {name!r}')
         if name in seen:
             raise ValueError(f'duplicate branch name {name!r}: branch names must be unique')
         seen.add(name)
@@ -89,10 +92,19 @@ def parse_branches(branches: Sequence[dict], default_prompt: str) -> list[Branch
             nets.append(ControlNetSpec(str(net['path']), condition, float(net.get('scale', 1.0)),
                                        tuple(sorted(dict(net.get('condition_cfg', {})).items()))))
         prompt = cfg.get('prompt')
-        timestep = cfg.get('timestep')
+        timestep, start = cfg.get('timestep'), cfg.get('denoising_from')
         specs.append(BranchSpec(name, default_prompt if prompt is None else prompt, tuple(loras), tuple(nets),
-                                own_prompt=prompt is not None, timestep=None if timestep is None else int(timestep)))
+                                own_prompt=prompt is not None, timestep=None if timestep is None else int(timestep),
+                                denoising_from=None if start is None else int(start),
+                                ip_adapters=tuple(_ip_adapter(name, a) for a in cfg.get('ip_adapters', ()))))
     return specs
+
+
+def _ip_adapter(branch: str, cfg: dict) -> tuple:
+    cfg = _take(dict(cfg), ('path', 'image_encoder', 'scale'), f'branch {branch!r} ip_adapter')
+    if 'path' not in cfg or 'image_encoder' not in cfg:
+        raise ValueError(f'branch {branch!r}: every ip_adapter needs a path and an image_encoder, got {cfg}')
+    return tuple(sorted(dict(cfg, scale=float(cfg.get('scale', 1.0))).items()))
 
 
 def load_lora_adapter(model: nn.Module, path: str, adapter_name: str, target: str,

@@ -25,6 +25,7 @@ class BranchInput:
     timestep: torch.Tensor       # [B]
     text: TextCondition
     key: tuple                   # hashable identity of (noisy latents, timestep, text)
+    image_embeds: list | None = None  # per IP-Adapter [B, 1, D] (the input's CLIP embedding)
 
 
 def load_controlnets(sd: FrozenStableDiffusion, specs: Sequence[BranchSpec], dtype: torch.dtype,

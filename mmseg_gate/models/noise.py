@@ -57,16 +57,17 @@ class NoisePolicy:
         return torch.randn((1, *shape[1:]), generator=g).to(like.device).expand(shape)
 
     @torch.no_grad()
-    def noisy_latents(self, mean: torch.Tensor, std: torch.Tensor, timesteps: Sequence[int], training: bool,
+    def noisy_latents(self, mean: torch.Tensor, std: torch.Tensor, levels: Sequence, training: bool,
                       add_noise) -> list[torch.Tensor]:
-        """Per branch (given by its timestep) ``add_noise(posterior draw, noise, timestep)``;
-        ``mean``/``std`` are the scaled posterior.
+        """Per branch (given by its noise level: a timestep, or a hashable plan that ``add_noise``
+        understands) ``add_noise(posterior draw, noise, level)``; ``mean``/``std`` are the scaled
+        posterior.
 
-        In the shared modes the branches of one timestep get the same tensor object; ``'none'``
+        In the shared modes the branches of one level get the same tensor object; ``'none'``
         returns the clean latents (the same object for every branch).
         """
         out, shared = [], {}
-        for branch, timestep in enumerate(timesteps):
+        for branch, timestep in enumerate(levels):
             if self.shared_across_branches and timestep in shared:
                 out.append(shared[timestep])
                 continue

@@ -169,7 +169,7 @@ class FrozenStableDiffusion(nn.Module):
         self.text_dim = sum(e.config.hidden_size for e in self.text_encoders.values())  # width of the states
         # add_noise only needs the betas; DDPM's formula is shared by SD's PNDM/DDIM/Euler configs
         self.scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder='scheduler', **hub_kwargs)
-        self.vae = self.unet = self.controlnets = None
+        self.vae = self.unet = self.controlnets = self.image_encoders = None
         self.requires_grad_(False).eval()
 
     @property

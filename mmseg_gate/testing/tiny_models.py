@@ -7,6 +7,7 @@ same loading code as real weights:
     DIR/sd/                 diffusers pipeline folder with SD1.5's block structure
     DIR/sd2/                SD2-shaped variant (linear projections, wider text states)
     DIR/sd2v/               SD2-768-shaped: the same UNet as sd2/, v-prediction scheduler
+    DIR/ip-adapter/         IP-Adapter for DIR/sd's UNet (ip-adapter_tiny.safetensors) + CLIP image_encoder/
     DIR/sdxl/               SDXL-shaped pipeline (two text encoders, text_time added conditions)
     DIR/sdxl-controlnet/    ControlNetModel made from DIR/sdxl's UNet
     DIR/sdxl-lora/a.safetensors  diffusers format (UNet + text_encoder_2)
@@ -259,6 +260,34 @@ def make_tiny_sdxl(out: str | os.PathLike) -> None:
                      text_prefixes={'text_encoder': 'lora_te1_', 'text_encoder_2': 'lora_te2_'})
 
 
+def _save_ip_adapter(sd: Path, out: Path, seed: int) -> None:
+    """An IP-Adapter in the h94/IP-Adapter layout: ``image_proj.*`` (4 image tokens) and
+    ``ip_adapter.{1,3,...}.to_{k,v}_ip.weight`` per cross-attention layer, in diffusers' processor order,
+    plus a tiny ``CLIPVisionModelWithProjection`` (224 input, as CLIPImageProcessor gives)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=224,
+        patch_size=32, projection_dim=32))
+    encoder.save_pretrained(str(out / 'image_encoder'))
+    unet = UNet2DConditionModel.from_pretrained(str(sd), subfolder='unet')
+    cross, channels = unet.config.cross_attention_dim, unet.config.block_out_channels
+    tensors = {'image_proj.proj.weight': torch.randn(4 * cross, 32) * 0.1, 'image_proj.proj.bias': torch.zeros(4 * cross),
+               'image_proj.norm.weight': torch.ones(cross), 'image_proj.norm.bias': torch.zeros(cross)}
+    key = 1
+    for name in unet.attn_processors:  # diffusers numbers the cross-attention layers 1, 3, 5, ...
+        if name.endswith('attn1.processor'):
+            continue
+        block = name.split('.')
+        hidden = (channels[-1] if block[0] == 'mid_block' else
+                  list(reversed(channels))[int(block[1])] if block[0] == 'up_blocks' else channels[int(block[1])])
+        for kv in ('to_k_ip', 'to_v_ip'):
+            tensors[f'ip_adapter.{key}.{kv}.weight'] = torch.randn(hidden, cross) * 0.2
+        key += 2
+    save_file(tensors, str(out / 'ip-adapter_tiny.safetensors'))
+
+
 def _save_sd(out: Path) -> None:
     _save_pipeline(out / 'sd', TINY_UNET, TINY_TEXT, seed=0)
     _save_controlnet(out / 'sd', out / 'controlnet-canny', seed=1)
@@ -287,7 +316,9 @@ def make_tiny_sd(out: str | os.PathLike, sd2: bool = True, sdxl: bool = True, ov
     done = out / '.complete'
     written = json.loads(done.read_text() or '{}') if done.exists() and not overwrite else {}
     written.setdefault('sd', done.exists() and not overwrite)  # folders from before the per-family record
-    for family, wanted, save in (('sd', True, _save_sd), ('sd2', sd2, _save_sd2), ('sdxl', sdxl, make_tiny_sdxl)):
+    parts = (('sd', True, _save_sd), ('ip-adapter', True, lambda o: _save_ip_adapter(o / 'sd', o / 'ip-adapter', 10)),
+             ('sd2', sd2, _save_sd2), ('sdxl', sdxl, make_tiny_sdxl))
+    for family, wanted, save in parts:
         if wanted and not (written.get(family) and (family != 'sd2' or (out / 'sd2v').is_dir())):
             save(out)
             written[family] = True

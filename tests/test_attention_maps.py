@@ -1,0 +1,76 @@
+"""Cross-attention maps as features: equal to softmax(QK^T / sqrt(d)) from the hooked queries and keys,
+averaged over heads and over the layers of one grid; every other attention layer stays fused."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import backbone_cfg, build, lora
+
+TAPS = ('up_blocks.0.upsamplers.0', 'up_blocks.1.upsamplers.0', 'up_blocks.2.upsamplers.0')
+
+
+@pytest.fixture(scope='module')
+def with_maps(tiny):
+    return build(backbone_cfg(tiny, attention=dict(), amalgamation=None,
+                              branches=[dict(name='lora_a', loras=[lora(tiny, 'a')])]))
+
+
+def explicit_maps(model, image):
+    """Queries and keys hooked on the kept layers during a plain forward; the maps computed here."""
+    sd = model.frozen_modules()
+    modules = dict(sd.unet.named_modules())
+    q, k = {}, {}
+    hooks = []
+    for name in model.attention.names:
+        hooks.append(modules[name + '.to_q'].register_forward_hook(lambda m, a, o, n=name: q.__setitem__(n, o)))
+        hooks.append(modules[name + '.to_k'].register_forward_hook(lambda m, a, o, n=name: k.__setitem__(n, o)))
+    try:
+        feats = model.extract(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    h, w = (-(-s // 64) * 64 for s in image.shape[-2:])  # the UNet saw the input padded to 64
+    groups = {}
+    for name in model.attention.names:
+        heads = modules[name].heads
+        qh, kh = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q[name], k[name]))  # [B, heads, N, d]
+        probs = (qh @ kh.transpose(-1, -2) / qh.shape[-1] ** 0.5).softmax(-1).mean(1)  # [B, N, 77]
+        stride = round((h * w / probs.shape[1]) ** 0.5)
+        groups.setdefault(stride, []).append(probs.transpose(1, 2).unflatten(2, (h // stride, w // stride)))
+    out = [F.interpolate(torch.stack(maps).mean(0), size=(h // 8, w // 8), mode='nearest')
+           for _, maps in sorted(groups.items(), reverse=True)]
+    return feats, torch.cat(out, 1)[..., :image.shape[-2] // 8, :image.shape[-1] // 8]
+
+
+def test_attention_maps_equal_the_explicit_computation(with_maps, image):
+    # the authors' default: up-stage cross-attention at 1/32 and 1/16, averaged per resolution, at 1/8
+    assert sorted(set(with_maps.attention.layer_strides[n] for n in with_maps.attention.names)) == [16, 32]
+    assert with_maps.out_channels == [64, 2 * 77, 64, 64]  # levels: 1/8 tap, maps at 1/8, 1/16, 1/32
+    feats, expected = explicit_maps(with_maps, image)
+    maps = feats[1][0]  # levels by stride: the 1/8 tap, then the maps (1/8), 1/16, 1/32
+    assert maps.shape == expected.shape == (1, 154, 8, 12)
+    torch.testing.assert_close(maps, expected, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(maps.sum(1) / 2, torch.ones(1, 8, 12), atol=1e-4)  # each resolution's maps sum to 1
+
+
+def test_only_the_requested_layers_give_up_fused_attention(tiny, with_maps, image):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    procs = with_maps.frozen_modules().unet.attn_processors
+    kept = {n + '.processor' for n in with_maps.attention.names}
+    assert kept and all(type(p).__name__ == '_MapProcessor' for n, p in procs.items() if n in kept)
+    assert all(isinstance(p, AttnProcessor2_0) for n, p in procs.items() if n not in kept)
+    assert len(procs) > len(kept)
+    # the other features are those of a backbone without maps
+    plain = build(backbone_cfg(tiny, amalgamation=None, branches=[dict(name='lora_a', loras=[lora(tiny, 'a')])]))
+    ours, theirs = with_maps.extract(image), plain.extract(image)
+    for a, b in zip([ours[0], ours[2], ours[3]], theirs):
+        torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-4)
+
+
+def test_attention_maps_per_layer_and_merged_with_the_taps(tiny, image):
+    m = build(backbone_cfg(tiny, attention=dict(average_layers=False, strides=(16,), stride=16),
+                           merge_same_stride=True, amalgamation=None))
+    n_layers = len(m.attention.names)
+    assert n_layers == 2 and m.out_channels == [64, 64 + 2 * 77, 64]  # joins the 1/16 level
+    with pytest.raises(ValueError, match='no attention layer'):
+        build(backbone_cfg(tiny, attention=dict(strides=(4,)), amalgamation=None))

@@ -1,0 +1,66 @@
+"""IP-Adapter branches: equal diffusers' pipeline pieces (load_ip_adapter, the input's image embeddings,
+set_ip_adapter_scale); branches without it are unchanged by its presence."""
+import pytest
+import torch
+from PIL import Image
+
+from conftest import backbone_cfg, build, lora
+from test_features_match_diffusers import TAPS, crop, padded
+
+
+def ip(tiny, scale=0.7):
+    return dict(path=str(tiny / 'ip-adapter' / 'ip-adapter_tiny.safetensors'),
+                image_encoder=str(tiny / 'ip-adapter' / 'image_encoder'), scale=scale)
+
+
+def reference(tiny, image, image_uint8, scale):
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny / 'sd'), safety_checker=None)
+    pipe.load_ip_adapter(str(tiny / 'ip-adapter'), subfolder='', weight_name='ip-adapter_tiny.safetensors',
+                         image_encoder_folder='image_encoder')
+    pipe.set_ip_adapter_scale(scale)
+    with torch.no_grad():
+        embeds = pipe.prepare_ip_adapter_image_embeds(Image.fromarray(image_uint8), None, 'cpu', 1, False)
+        emb = pipe.encode_prompt('a photo', 'cpu', 1, False)[0]
+        latents = pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
+        noise = torch.randn((1, *latents.shape[1:]), generator=torch.Generator().manual_seed(0))
+        noisy = pipe.scheduler.add_noise(latents, noise, torch.tensor([50]))
+        modules = dict(pipe.unet.named_modules())
+        out = {}
+        hooks = [modules[n].register_forward_hook(lambda m, a, o, n=n: out.__setitem__(n, o)) for n in TAPS]
+        pipe.unet(noisy, 50, encoder_hidden_states=emb, added_cond_kwargs=dict(image_embeds=embeds))
+        for hook in hooks:
+            hook.remove()
+    return [out[n] for n in reversed(TAPS)]
+
+
+@pytest.fixture(scope='module')
+def with_ip(tiny):
+    return build(backbone_cfg(tiny, branches=[dict(name='plain'), dict(name='ip', ip_adapters=[ip(tiny)]),
+                                              dict(name='lora', loras=[lora(tiny, 'a')])]))
+
+
+def test_ip_adapter_branch_equals_diffusers(tiny, image, image_uint8, with_ip):
+    assert with_ip.branch_groups == [[0, 2], [1]]  # IP-Adapter scales differ: a call of its own
+    ours = with_ip.extract(image)
+    for level, r in enumerate(crop(reference(tiny, padded(image), image_uint8, 0.7), image)):
+        torch.testing.assert_close(ours[level][1], r, atol=1e-4, rtol=1e-3)
+    assert (ours[0][1] - ours[0][0]).abs().max() > 1e-3  # the image prompt changed the features
+
+
+def test_other_branches_are_unchanged_by_an_ip_adapter(tiny, image, with_ip):
+    ours = with_ip.extract(image)
+    plain = build(backbone_cfg(tiny, branches=[dict(name='plain'), dict(name='lora', loras=[lora(tiny, 'a')])]))
+    theirs = plain.extract(image)
+    for level in range(3):
+        torch.testing.assert_close(ours[level][0], theirs[level][0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours[level][2], theirs[level][1], atol=1e-5, rtol=1e-4)
+
+
+def test_ip_adapter_errors(tiny):
+    with pytest.raises(ValueError, match='needs a path and an image_encoder'):
+        build(backbone_cfg(tiny, branches=[dict(name='x', ip_adapters=[dict(path='x.safetensors')])]))
+    with pytest.raises(FileNotFoundError, match='IP-Adapter file .*missing.safetensors'):
+        build(backbone_cfg(tiny, branches=[dict(name='x', ip_adapters=[dict(ip(tiny), path='missing.safetensors')])]))
+    with pytest.raises(ValueError, match='use one of them'):
+        build(backbone_cfg(tiny, attention=dict(), branches=[dict(name='x', ip_adapters=[ip(tiny)])]))
