@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
@@ -16,9 +14,10 @@ from .amalgamation import Amalgamation
 from .attention_maps import CrossAttentionMaps
 from .branch_batching import BASE_ADAPTER, lora_layers, mixed_adapter_batch, plan_branch_groups
 from .branches import AdapterRegistry, parse_branches
-from .denoising import DenoisingPlan, Denoiser, load_scheduler, plan_denoising
+from .denoising import plan_branches
 from .controlnets import BranchInput, batch_residuals, controlnet_residuals, load_controlnets, take_residuals
 from .families import TextCondition
+from .geometry import prepare_images, sd_size, to_input_grid
 from .inference_blocks import chunk_feed_forward
 from .ip_adapter import IPAdapters
 from .noise import NoisePolicy
@@ -167,9 +166,10 @@ class GATEDiffusionBackbone(BaseModule):
         for spec, t in zip(self.specs, self.timesteps):
             if not 0 <= t < steps:
                 raise ValueError(f'timestep={t} (branch {spec.name!r}) is outside [0, {steps})')
-        self.denoiser, self.plans = self._plan_denoising(sd, denoising_from, denoising_scheduler)
+        self.denoiser, self.plans, self.timesteps = plan_branches(sd, self.specs, self.timesteps, denoising_from,
+                                                                  denoising_scheduler, self.noise_policy.mode)
         self.adapters = AdapterRegistry(self.specs, sd.family)
-        unet_config = self._unet_config(sd)
+        unet_config = sd.unet_config() if sd.family.name == 'sdxl' else None  # SGM-named SDXL LoRAs need it
         for target in sd.text_encoders:
             self.adapters.load(sd.text_encoders[target], target, unet_config)
         self.prompts = BranchPrompts(sd, self.specs, self.adapters)
@@ -180,7 +180,7 @@ class GATEDiffusionBackbone(BaseModule):
         self._lora_params = [p for n, p in sd.unet.named_parameters() if 'lora_' in n]
         self._lora_layers = lora_layers(sd.unet)
         self.controlnet_index = load_controlnets(sd, self.specs, resolve_dtype(dtype), hub_kwargs or {})
-        self.ip = self._load_ip_adapters(sd, attention, resolve_dtype(dtype), hub_kwargs or {})
+        self.ip = IPAdapters.for_branches(sd, self.specs, attention, resolve_dtype(dtype), hub_kwargs or {})
         sd.requires_grad_(False).eval()  # again: peft adapters and ControlNets arrived after __init__
         if release_cpu_memory and getattr(sd.unet, 'mid_block', None) is not None:
             # the down blocks' freed activations go too
@@ -216,40 +216,6 @@ class GATEDiffusionBackbone(BaseModule):
             self.out_channels = self.amalgamation.out_channels
 
     # ----------------------------------------------------------------- build helpers
-    @staticmethod
-    def _unet_config(sd: FrozenStableDiffusion):
-        """The UNet's config before the UNet loads (SDXL LoRA files in SGM block names need it)."""
-        if sd.family.name != 'sdxl':
-            return None
-        from diffusers import UNet2DConditionModel
-        from diffusers.configuration_utils import FrozenDict
-        path, kwargs = (sd.unet_path, {}) if sd.unet_path else (sd.pretrained, dict(subfolder='unet'))
-        return FrozenDict(UNet2DConditionModel.load_config(path, **kwargs, **sd.hub_kwargs))
-
-    def _plan_denoising(self, sd: FrozenStableDiffusion, default_start: int | None, scheduler: str | None):
-        """Per branch its denoising steps (or ``None``); extraction moves to the plan's last timestep."""
-        starts = [default_start if s.denoising_from is None else s.denoising_from for s in self.specs]
-        if all(start is None for start in starts):
-            return None, [None] * len(self.specs)
-        if self.noise_policy.mode == 'none':
-            raise ValueError("denoising_from denoises noisy latents: it cannot be combined with noise='none'")
-        denoiser = Denoiser(load_scheduler(sd.pretrained, scheduler, **sd.hub_kwargs))
-        plans = [None if start is None else plan_denoising(denoiser.scheduler, start, t)
-                 for start, t in zip(starts, self.timesteps)]
-        self.timesteps = [t if plan is None else plan.extract for t, plan in zip(self.timesteps, plans)]
-        return denoiser, plans
-
-    def _load_ip_adapters(self, sd: FrozenStableDiffusion, attention: dict | None, dtype: torch.dtype,
-                          hub_kwargs: dict) -> IPAdapters | None:
-        if not any(s.ip_adapters for s in self.specs):
-            return None
-        if attention is not None:
-            raise ValueError('attention maps and IP-Adapters both replace the cross-attention processors: '
-                             'use one of them per backbone')
-        ip = IPAdapters(sd.unet, [[dict(a) for a in s.ip_adapters] for s in self.specs], dtype, hub_kwargs)
-        sd.image_encoders = ip.encoders  # moved with the frozen stack
-        return ip
-
     @property
     def _exit_modules(self) -> list:
         """The modules whose outputs end the UNet pass: the taps, and the attention-map layers."""
@@ -266,7 +232,7 @@ class GATEDiffusionBackbone(BaseModule):
         kwargs = self.sd.family.unet_kwargs(text.pooled, image_hw)
         if self.ip is not None:
             self.ip.set_scales(tuple(0.0 for _ in self.ip.paths))
-            kwargs = self._with_image_embeds(kwargs, [self.ip.zero_embeds(1, latents)])
+            kwargs = self.ip.with_image_embeds(kwargs, [self.ip.zero_embeds(1, latents)])
         outs = run_until_taps(self.sd.unet, self._exit_modules, latents, self.timestep,
                               encoder_hidden_states=text.hidden, return_dict=False, **kwargs)
         taps = probe_taps(self.taps, outs[:len(self.taps)], image_hw)
@@ -314,32 +280,6 @@ class GATEDiffusionBackbone(BaseModule):
             p.requires_grad_(False)
         self._active_adapters = key
 
-    def _sd_size(self, h: int, w: int) -> tuple[int, int]:
-        """The size SD sees of an ``h x w`` input, before padding."""
-        if self.unet_input_scale is None:
-            return h, w
-        return max(1, round(h * self.unet_input_scale)), max(1, round(w * self.unet_input_scale))
-
-    def _prepare(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised input -> (SD input in [-1, 1], 0..255 pixels for the control images), resized by
-        ``unet_input_scale`` if set and padded to a valid size."""
-        if img.ndim != 4 or img.shape[1] != 3:
-            raise ValueError(f'GATEDiffusionBackbone expects [B, 3, H, W] RGB images, got shape '
-                             f'{tuple(img.shape)}; convert grey/RGBA inputs to 3 channels in the pipeline')
-        pixels = img.float() * self.std + self.mean
-        x = pixels / 127.5 - 1.0
-        size = self._sd_size(*pixels.shape[-2:])
-        if size != tuple(pixels.shape[-2:]):
-            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)  # the authors' SD input
-            # their control images: PIL's (antialiased bicubic) resize of the uint8 image
-            pixels = F.interpolate(pixels.round().clamp(0, 255), size=size, mode='bicubic', align_corners=False,
-                                   antialias=True).round().clamp(0, 255)
-        m = self.sd.pad_multiple
-        pad = (0, -size[1] % m, 0, -size[0] % m)
-        if any(pad):
-            x, pixels = F.pad(x, pad, mode='replicate'), F.pad(pixels, pad, mode='replicate')
-        return x, pixels
-
     def extract(self, img: torch.Tensor) -> list[list[torch.Tensor]]:
         """Raw SD features: ``out[level][branch]`` as float32 ``[B, C, ceil(H/s), ceil(W/s)]``.
 
@@ -356,15 +296,16 @@ class GATEDiffusionBackbone(BaseModule):
         sd, timed = self.sd, self.stage_timer or no_timer
         b, _, h, w = img.shape
         with timed('vae'):
-            x, pixels = self._prepare(img)
+            x, pixels = prepare_images(img, self.mean, self.std, self.unet_input_scale, sd.pad_multiple)
             self.heap.start(x, sd.vae)
             self.heap.release()
             mean, std = sd.encode_posterior(x)
             levels = [t if plan is None else plan for t, plan in zip(self.timesteps, self.plans)]
+            add_noise = self.denoiser.noise_adder(sd) if self.denoiser else sd.add_noise
             noisy = self.noise_policy.noisy_latents(  # one tensor per branch
-                mean, std, levels, self.training, self._add_noise)
+                mean, std, levels, self.training, add_noise)
             del mean, std
-        sd_h, sd_w = self._sd_size(h, w)
+        sd_h, sd_w = sd_size(h, w, self.unet_input_scale)
         unet_kwargs = self._unet_kwargs((sd_h, sd_w))
         image_embeds = None
         if self.ip is not None:
@@ -376,8 +317,11 @@ class GATEDiffusionBackbone(BaseModule):
             inputs.append(BranchInput(latents, torch.full((b,), t, device=x.device), text.to(sd.dtype),
                                       (id(latents), t, text_key), image_embeds))
         del noisy
-        if self.denoiser is not None:
-            self._denoise(inputs, pixels, unet_kwargs, timed)
+        if self.denoiser is not None:  # img2img steps: full UNet (and ControlNet) passes per step
+            self.denoiser.run_branches(self.plans, self.branch_groups, inputs, lambda members, parts: self._unet_pass(
+                members, parts, controlnet_residuals(sd, self.controlnet_index, [self.specs[i] for i in members], parts,
+                                                     pixels, unet_kwargs, self.batch_branches, timed),
+                unet_kwargs, full=True))
         self.heap.release()
         residuals = controlnet_residuals(sd, self.controlnet_index, self.specs, inputs, pixels, unet_kwargs,
                                          self.batch_branches, timed)
@@ -393,41 +337,13 @@ class GATEDiffusionBackbone(BaseModule):
                 for level, taps in enumerate(self.levels):
                     maps = [to_feature_map(branch_outs[i], self.tap_info[i], sd_hw).float() for i in taps]
                     feat = maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
-                    per_level[level][branch] = self._to_input_grid(feat, h, w, self.strides[level])
+                    per_level[level][branch] = to_input_grid(feat, h, w, self.strides[level], self.unet_input_scale)
         return per_level
 
     def _unet_kwargs(self, size: tuple[int, int]):
         """The family's added conditions for a batch of text conditions (SDXL: pooled + time ids of
         the SD input's size before padding)."""
         return lambda pooled: self.sd.family.unet_kwargs(pooled, size)
-
-    def _add_noise(self, latents: torch.Tensor, noise: torch.Tensor | None, level) -> torch.Tensor:
-        """Noise to a timestep (fp32 DDPM formula), or to a denoising plan's start (its scheduler's)."""
-        if isinstance(level, DenoisingPlan):
-            return self.denoiser.add_noise(level, latents, noise, self.sd.dtype)
-        return self.sd.add_noise(latents, noise, level)
-
-    def _denoise(self, inputs: list[BranchInput], pixels: torch.Tensor, unet_kwargs, timed) -> None:
-        """The branches' denoising steps, one batched loop per adapter group and plan (full UNet and
-        ControlNet passes per step); their inputs then hold the latents at the extraction timestep."""
-        b = pixels.shape[0]
-        for group in self.branch_groups:
-            by_plan: dict = {}
-            for i in group:
-                if self.plans[i] is not None:
-                    by_plan.setdefault(self.plans[i], []).append(i)
-            for plan, members in by_plan.items():
-                def predict(model_input, t, members=members):
-                    step = [BranchInput(x, torch.full((b,), t, device=x.device), inputs[i].text,
-                                        (id(x), t, inputs[i].key[2]), inputs[i].image_embeds)
-                            for x, i in zip(model_input.split(b), members)]
-                    residuals = controlnet_residuals(self.sd, self.controlnet_index, [self.specs[i] for i in members],
-                                                     step, pixels, unet_kwargs, self.batch_branches, timed)
-                    with timed('denoising'):
-                        return self._unet_pass(members, step, residuals, unet_kwargs, full=True)
-                latents = self.denoiser.run(plan, torch.cat([inputs[i].noisy for i in members]), predict)
-                for i, x in zip(members, latents.split(b)):
-                    inputs[i].noisy, inputs[i].key = x, (id(x), plan.extract, inputs[i].key[2])
 
     def _unet_pass(self, group: list[int], parts: list[BranchInput], residuals: list[tuple],
                    unet_kwargs, full: bool = False) -> list[list[torch.Tensor]] | torch.Tensor:
@@ -451,7 +367,7 @@ class GATEDiffusionBackbone(BaseModule):
         kwargs = unet_kwargs(text.pooled)
         if self.ip is not None:
             self.ip.set_scales(self.ip.branch_scales[group[0]])
-            kwargs = self._with_image_embeds(kwargs, [p.image_embeds for p in parts])
+            kwargs = self.ip.with_image_embeds(kwargs, [p.image_embeds for p in parts])
         if full:
             with batch:
                 return self.sd.unet(latents, timesteps, encoder_hidden_states=text.hidden,
@@ -465,21 +381,6 @@ class GATEDiffusionBackbone(BaseModule):
         if self.attention is not None:
             outs.append(self.attention.collect(tuple(s * self.sd.vae_scale_factor for s in latents.shape[-2:])))
         return [[o[j * b:(j + 1) * b] for o in outs] for j in range(n)]
-
-    @staticmethod
-    def _with_image_embeds(kwargs: dict, per_branch: list[list[torch.Tensor]]) -> dict:
-        """The UNet kwargs plus the IP-Adapter image embeddings of the batched branches."""
-        embeds = [torch.cat(parts) for parts in zip(*per_branch)]
-        return dict(kwargs, added_cond_kwargs=dict(kwargs.get('added_cond_kwargs', {}), image_embeds=embeds))
-
-    def _to_input_grid(self, feat: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
-        """Crop the padding off; after a resize, interpolate back to the input's 1/stride grid."""
-        sd_h, sd_w = self._sd_size(h, w)
-        feat = feat[..., :math.ceil(sd_h / stride), :math.ceil(sd_w / stride)]
-        size = (math.ceil(h / stride), math.ceil(w / stride))
-        if tuple(feat.shape[-2:]) != size:
-            feat = F.interpolate(feat, size=size, mode='bilinear', align_corners=False)
-        return feat
 
     def forward(self, img: torch.Tensor) -> list[torch.Tensor]:
         feats = self.extract(img)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
+
+from .controlnets import BranchInput
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,20 @@ def plan_denoising(scheduler, start: int, stop: int) -> DenoisingPlan:
     return DenoisingPlan(tuple(timesteps[:-1]), timesteps[-1], steps, begin)
 
 
+def plan_branches(sd, specs, timesteps: list[int], default_start: int | None, scheduler: str | None,
+                  noise_mode: str):
+    """``(denoiser or None, per branch its plan or None, per branch its extraction timestep)``."""
+    starts = [default_start if s.denoising_from is None else s.denoising_from for s in specs]
+    if all(start is None for start in starts):
+        return None, [None] * len(specs), timesteps
+    if noise_mode == 'none':
+        raise ValueError("denoising_from denoises noisy latents: it cannot be combined with noise='none'")
+    denoiser = Denoiser(load_scheduler(sd.pretrained, scheduler, **sd.hub_kwargs))
+    plans = [None if start is None else plan_denoising(denoiser.scheduler, start, t)
+             for start, t in zip(starts, timesteps)]
+    return denoiser, plans, [t if plan is None else plan.extract for t, plan in zip(timesteps, plans)]
+
+
 class Denoiser:
     """Runs the plans of branches that share one (same steps: one batched loop)."""
 
@@ -75,6 +92,35 @@ class Denoiser:
         t = torch.full((latents.shape[0],), plan.start, dtype=torch.long, device=latents.device)
         return self.fresh(plan).add_noise(latents.float(), noise.float(), t).to(dtype)
 
+    def noise_adder(self, sd) -> Callable:
+        """``add_noise(latents, noise, level)`` for the noise policy: a timestep gets SD's fp32 noising,
+        a plan its scheduler's noising at the plan's start."""
+        def add_noise(latents, noise, level):
+            if isinstance(level, DenoisingPlan):
+                return self.add_noise(level, latents, noise, sd.dtype)
+            return sd.add_noise(latents, noise, level)
+        return add_noise
+
+    def run_branches(self, plans: Sequence, groups: Sequence[Sequence[int]], inputs: list[BranchInput],
+                     predict: Callable) -> None:
+        """Denoise the branches that have a plan, one batched loop per UNet group and plan;
+        ``predict(members, step_inputs)`` runs one step's ControlNets and full UNet. Their inputs then
+        hold the latents at the extraction timestep."""
+        b = inputs[0].noisy.shape[0]
+        for group in groups:
+            by_plan: dict = {}
+            for i in group:
+                if plans[i] is not None:
+                    by_plan.setdefault(plans[i], []).append(i)
+            for plan, members in by_plan.items():
+                def step(model_input, t, members=members):
+                    return predict(members, [BranchInput(x, torch.full((b,), t, device=x.device), inputs[i].text,
+                                                         (id(x), t, inputs[i].key[2]), inputs[i].image_embeds)
+                                             for x, i in zip(model_input.split(b), members)])
+                latents = self.run(plan, torch.cat([inputs[i].noisy for i in members]), step)
+                for i, x in zip(members, latents.split(b)):
+                    inputs[i].noisy, inputs[i].key = x, (id(x), plan.extract, inputs[i].key[2])
+
     @torch.no_grad()
     def run(self, plan: DenoisingPlan, latents: torch.Tensor, predict) -> torch.Tensor:
         """``predict(model_input, t)`` -> the UNet's prediction for each step; returns the UNet input
@@ -86,4 +132,4 @@ class Denoiser:
         return scheduler.scale_model_input(latents, plan.extract)
 
 
-__all__ = ['DenoisingPlan', 'load_scheduler', 'plan_denoising', 'Denoiser']
+__all__ = ['DenoisingPlan', 'load_scheduler', 'plan_denoising', 'plan_branches', 'Denoiser']

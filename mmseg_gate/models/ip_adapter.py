@@ -75,6 +75,24 @@ class IPAdapters:
                                     for p in self.paths) for adapters in branch_adapters]
         self._set = None
 
+    @classmethod
+    def for_branches(cls, sd, specs, attention: dict | None, dtype: torch.dtype, hub_kwargs: dict):
+        """The branches' IP-Adapters on ``sd``'s UNet, or ``None`` when no branch has one."""
+        if not any(s.ip_adapters for s in specs):
+            return None
+        if attention is not None:
+            raise ValueError('attention maps and IP-Adapters both replace the cross-attention processors: '
+                             'use one of them per backbone')
+        ip = cls(sd.unet, [[dict(a) for a in s.ip_adapters] for s in specs], dtype, hub_kwargs)
+        sd.image_encoders = ip.encoders  # moved with the frozen stack
+        return ip
+
+    @staticmethod
+    def with_image_embeds(kwargs: dict, per_branch: list[list[torch.Tensor]]) -> dict:
+        """UNet kwargs plus the IP-Adapter image embeddings of the batched branches."""
+        embeds = [torch.cat(parts) for parts in zip(*per_branch)]
+        return dict(kwargs, added_cond_kwargs=dict(kwargs.get('added_cond_kwargs', {}), image_embeds=embeds))
+
     @property
     def processors(self) -> list:
         return [p for p in self.unet.attn_processors.values() if hasattr(p, 'to_k_ip')]

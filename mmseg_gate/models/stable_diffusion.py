@@ -204,6 +204,16 @@ class FrozenStableDiffusion(nn.Module):
                                           **self.load_kwargs)
         return unet
 
+    def unet_config(self):
+        """The UNet's config (attribute access), read before the UNet loads."""
+        from diffusers import UNet2DConditionModel
+        from diffusers.configuration_utils import FrozenDict
+        path, kwargs = (self.unet_path, {}) if self.unet_path else (self.pretrained, dict(subfolder='unet'))
+        local = Path(os.path.expanduser(str(path)))
+        if self.unet_path and local.is_dir() and not (local / 'config.json').is_file() and (local / 'unet').is_dir():
+            kwargs = dict(subfolder='unet')  # a whole pipeline folder: its UNet
+        return FrozenDict(UNet2DConditionModel.load_config(path, **kwargs, **self.hub_kwargs))
+
     def load_denoiser(self) -> None:
         """Load the VAE encoder and the UNet."""
         self.vae = self._load_vae()

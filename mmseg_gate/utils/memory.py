@@ -5,6 +5,8 @@ import ctypes
 import ctypes.util
 import functools
 
+import torch
+
 # glibc raises its mmap threshold up to this as blocks are freed (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit):
 # larger blocks always get fresh mappings instead of reusing free heap memory.
 GLIBC_MAX_MMAP_THRESHOLD = 32 << 20
@@ -48,7 +50,7 @@ class HeapTrimPolicy:
         self.enabled = enabled
         self.active = False  # decided per pass by :meth:`start`
 
-    def start(self, images: 'torch.Tensor', vae) -> None:
+    def start(self, images: torch.Tensor, vae) -> None:
         """Decide for the pass that encodes ``images`` with ``vae``."""
         if not (self.enabled and images.device.type == 'cpu'):
             self.active = False
