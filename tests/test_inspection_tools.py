@@ -70,6 +70,16 @@ def test_guideline_with_lora_and_controlnet(tiny, pictures, tmp_path):
     assert all(r['technique_psnr'] != r['reference_psnr'] for r in result['rows'])
 
 
+def test_guideline_with_ip_adapter_and_denoising(tiny, pictures, tmp_path):
+    from gate_guideline import run
+    technique = json.dumps({'ip_adapters': [{'path': str(tiny / 'ip-adapter' / 'ip-adapter_tiny.safetensors'),
+                                             'image_encoder': str(tiny / 'ip-adapter' / 'image_encoder')}],
+                            'denoising_from': 60})
+    result = run(guideline_args(tiny, pictures, tmp_path, technique, '{"strength": 0.9}'))
+    assert all(r['technique_psnr'] != r['reference_psnr'] for r in result['rows'])  # the image prompt acted
+    assert all(r['feature_score'] != 0 for r in result['rows'])
+
+
 def test_feature_pictures_differ_between_branches(tiny, image, tmp_path):
     from visualize_features import feature_pictures, save_grid
     from mmengine.config import ConfigDict

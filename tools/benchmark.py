@@ -41,6 +41,10 @@ def branch_dicts(assets: Path, which: str, preset: str = 'sd15') -> list[dict]:
         return [dict(name='basic')]
     if preset == 'sdxl':  # configs/sdxl/gate_sdxl_ade20k.py: no SDXL LoRA files
         return [dict(name='prompt'), dict(name='prompt_canny', controlnets=[canny])]
+    if which == 'ip':  # configs/baselines/sd15_prompt_ipadapter_ade20k.py's branch
+        name = 'ip-adapter_sd15' if preset == 'sd15' else 'ip-adapter_tiny'
+        return [dict(name='prompt_ip', ip_adapters=[dict(path=str(assets / 'ip-adapter' / f'{name}.safetensors'),
+                                                         image_encoder=str(assets / 'ip-adapter' / 'image_encoder'))])]
     return [dict(name='prompt'),
             dict(name='lora_a_canny', loras=[dict(path=str(assets / 'lora' / 'a.safetensors'))], controlnets=[canny]),
             dict(name='lora_b_canny', loras=[dict(path=str(assets / 'lora' / 'b.safetensors'))], controlnets=[canny])]
@@ -148,6 +152,12 @@ def build_trainable(out_channels: list[int], n_branches: int, preset: str, devic
     return torch.nn.ModuleDict(dict(amalgamation=amalg, decode_head=head, auxiliary_head=aux)).to(device)
 
 
+def gate_options(options: dict) -> dict:
+    """``--gate-options`` with dict literals parsed (``attention={}``: DictAction keeps them as text)."""
+    import ast
+    return {k: ast.literal_eval(v) if isinstance(v, str) and v[:1] == '{' else v for k, v in options.items()}
+
+
 def worker(args) -> None:
     import mmseg_gate  # noqa: F401
     from mmseg_gate.utils import StageTimer
@@ -166,7 +176,7 @@ def worker(args) -> None:
                                      # mode (the default 'gate' policy costs the same: per-branch draws only)
                                      noise='fixed',
                                      amalgamation=None if len(branches) == 1 else dict(),
-                                     **args.gate_options)).to(device)
+                                     **gate_options(args.gate_options))).to(device)
         # both modes time extract(); the trainable part (--train-step) is built alike for both
         # below, so the backbone's own amalgamation would be an unused second copy (~115 MB for sd15)
         backbone.amalgamation = None
@@ -249,7 +259,8 @@ def main() -> None:
                         help='asset folder (default: data/tiny_sd, data/sd15_random or data/sdxl_random)')
     parser.add_argument('--size', type=int, default=512, help='square input side, multiple of 64')
     parser.add_argument('--batch', type=int, default=1)
-    parser.add_argument('--branches', choices=['basic', 'gate'], default='gate', help='gate = the paper\'s 3 branches')
+    parser.add_argument('--branches', choices=['basic', 'gate', 'ip'], default='gate',
+                        help="gate = the paper's 3 branches; basic = one; ip = one with an IP-Adapter (ours only)")
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--dtype', choices=list(DTYPES), default=None, help='default: bf16 on GPU (reference: fp16), fp32 on CPU')
     parser.add_argument('--train-step', action='store_true', help='time full training steps (features, heads, backward, AdamW)')
@@ -269,6 +280,8 @@ def main() -> None:
     if args.train_step and args.batch < 2:
         parser.error(f'--train-step needs --batch 2 or more (got {args.batch}): UPerHead\'s 1x1 pooling branch '
                      'normalises over the batch, and BatchNorm cannot train on a single value per channel')
+    if args.branches == 'ip' and 'reference' in args.modes.split(','):
+        parser.error('--branches ip times ours only (the reference code has no IP-Adapter): add --modes gate')
     if args.preset == 'sdxl' and 'reference' in args.modes.split(','):
         parser.error('--preset sdxl times ours only (the reference code has no SDXL segmentation): add --modes gate')
     if args.dtype is None:
@@ -282,6 +295,9 @@ def main() -> None:
         return worker(args)
 
     makers[args.preset][0](args.assets)
+    if args.branches == 'ip' and args.preset == 'sd15':
+        from mmseg_gate.testing.tiny_models import make_sd15_ip_adapter
+        make_sd15_ip_adapter(args.assets)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(make_inputs(args.size, args.batch), Path(tmp) / 'inputs.pt')

@@ -13,8 +13,9 @@ difference". Pixel and feature verdicts are compared (mmseg_gate.guideline).
       --technique '{"prompt": "a highly realistic photo ...", "loras": [{"path": "lora/a.safetensors"}],
                     "controlnets": [{"path": "checkpoints/sd-controlnet-canny", "condition": "canny"}]}'
 
-A technique is a branch dict as in the backbone config (prompt, loras, controlnets), plus an optional
-"strength" to compare strengths. Writes grid_<image>.png (input | reference | technique), scores.csv,
+A technique is a branch dict as in the backbone config (prompt, loras, controlnets, ip_adapters with
+the input image as image prompt, denoising_from: the last acts on the feature score only, Img2Img
+denoises anyway), plus an optional "strength" to compare strengths. Writes grid_<image>.png (input | reference | technique), scores.csv,
 scores.json, and prints a verdict.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import ast
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,11 @@ class Img2Img:
         for i, lora in enumerate(technique.get('loras', ())):
             self.base.load_lora_weights(lora['path'], adapter_name=f'technique{i}')
             self.adapters.append((f'technique{i}', float(lora.get('scale', 1.0))))
+        self.ip_scales = [float(a.get('scale', 1.0)) for a in technique.get('ip_adapters', ())]
+        for a in technique.get('ip_adapters', ()):  # diffusers' own loading; the image encoder by its path
+            folder = os.path.dirname(os.path.abspath(a['path']))
+            self.base.load_ip_adapter(folder, subfolder='', weight_name=os.path.basename(a['path']),
+                                      image_encoder_folder=os.path.relpath(os.path.abspath(a['image_encoder']), folder))
         self.nets = technique.get('controlnets', ())
         for net in self.nets:
             if net.get('condition', 'canny') not in ('canny', 'image'):
@@ -66,7 +73,7 @@ class Img2Img:
         if self.nets:
             models = [ControlNetModel.from_pretrained(n['path'], dtype=dtype) for n in self.nets]
             self.controlnet_pipe = StableDiffusionControlNetImg2ImgPipeline(
-                **{k: v for k, v in self.base.components.items() if k != 'image_encoder'},
+                **self.base.components,
                 controlnet=models if len(models) > 1 else models[0]).to(device)
             self.controlnet_pipe.set_progress_bar_config(disable=True)
         self.device = device
@@ -87,6 +94,9 @@ class Img2Img:
         kwargs = dict(prompt=prompt, image=image, strength=strength, num_inference_steps=steps,
                       guidance_scale=guidance, generator=generator)
         self._set_lora(technique)
+        if self.ip_scales:  # the reference runs with the IP-Adapters at scale 0: plain cross-attention
+            self.base.set_ip_adapter_scale(self.ip_scales if technique else [0.0] * len(self.ip_scales))
+            kwargs['ip_adapter_image'] = [image] * len(self.ip_scales) if len(self.ip_scales) > 1 else image
         if technique and self.controlnet_pipe is not None:
             pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float()
             controls = [build_condition(n.get('condition', 'canny'), pixels, **n.get('condition_cfg', {}))
@@ -111,7 +121,9 @@ def _feature_diffs(backbone, img: torch.Tensor, timestep: int, seed: int) -> lis
     try:
         backbone.timesteps = [0] * len(backbone.specs)
         anchor = backbone.extract(img)
-        backbone.timesteps, backbone.noise_policy.seed = [timestep] * len(backbone.specs), seed
+        # a denoising branch is extracted where its plan ends
+        backbone.timesteps = [timestep if plan is None else plan.extract for plan in backbone.plans]
+        backbone.noise_policy.seed = seed
         feats = backbone.extract(img)
     finally:
         backbone.timesteps, backbone.noise_policy.seed = saved

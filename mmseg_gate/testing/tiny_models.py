@@ -260,20 +260,27 @@ def make_tiny_sdxl(out: str | os.PathLike) -> None:
                      text_prefixes={'text_encoder': 'lora_te1_', 'text_encoder_2': 'lora_te2_'})
 
 
-def _save_ip_adapter(sd: Path, out: Path, seed: int) -> None:
+#: a tiny CLIP image encoder (224 input, as CLIPImageProcessor gives) and h94's SD1.5 one (ViT-H/14)
+TINY_IMAGE_ENCODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          image_size=224, patch_size=32, projection_dim=32)
+VIT_H_IMAGE_ENCODER = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                           image_size=224, patch_size=14, projection_dim=1024, hidden_act='gelu')
+
+
+def _save_ip_adapter(sd: Path, out: Path, seed: int, encoder_cfg: dict = TINY_IMAGE_ENCODER) -> None:
     """An IP-Adapter in the h94/IP-Adapter layout: ``image_proj.*`` (4 image tokens) and
     ``ip_adapter.{1,3,...}.to_{k,v}_ip.weight`` per cross-attention layer, in diffusers' processor order,
-    plus a tiny ``CLIPVisionModelWithProjection`` (224 input, as CLIPImageProcessor gives)."""
+    plus its ``CLIPVisionModelWithProjection`` in ``image_encoder/``."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
     torch.manual_seed(seed)
-    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=224,
-        patch_size=32, projection_dim=32))
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**encoder_cfg))
     encoder.save_pretrained(str(out / 'image_encoder'))
     unet = UNet2DConditionModel.from_pretrained(str(sd), subfolder='unet')
     cross, channels = unet.config.cross_attention_dim, unet.config.block_out_channels
-    tensors = {'image_proj.proj.weight': torch.randn(4 * cross, 32) * 0.1, 'image_proj.proj.bias': torch.zeros(4 * cross),
+    dim = encoder_cfg['projection_dim']
+    tensors = {'image_proj.proj.weight': torch.randn(4 * cross, dim) * dim ** -0.5,
+               'image_proj.proj.bias': torch.zeros(4 * cross),
                'image_proj.norm.weight': torch.ones(cross), 'image_proj.norm.bias': torch.zeros(cross)}
     key = 1
     for name in unet.attn_processors:  # diffusers numbers the cross-attention layers 1, 3, 5, ...
@@ -283,7 +290,7 @@ def _save_ip_adapter(sd: Path, out: Path, seed: int) -> None:
         hidden = (channels[-1] if block[0] == 'mid_block' else
                   list(reversed(channels))[int(block[1])] if block[0] == 'up_blocks' else channels[int(block[1])])
         for kv in ('to_k_ip', 'to_v_ip'):
-            tensors[f'ip_adapter.{key}.{kv}.weight'] = torch.randn(hidden, cross) * 0.2
+            tensors[f'ip_adapter.{key}.{kv}.weight'] = torch.randn(hidden, cross) * (0.2 if cross < 100 else 0.02)
         key += 2
     save_file(tensors, str(out / 'ip-adapter_tiny.safetensors'))
 
@@ -350,6 +357,16 @@ def make_sd15_shaped(out: str | os.PathLike) -> Path:
         _save_lora_kohya(out / 'sd', out / 'lora' / f'{name}.safetensors', seed=2 + i, rank=64, alpha=32.0,
                          conv_rank=32, up_scale=0.02)
     (out / '.complete').write_text('{}')
+    return out
+
+
+def make_sd15_ip_adapter(out: str | os.PathLike) -> Path:
+    """h94's ip-adapter_sd15-shaped random weights with a ViT-H/14 image encoder, in ``out/ip-adapter``
+    (~2.5 GB): the IP-Adapter branch of the benchmark."""
+    out = Path(out)
+    if not (out / 'ip-adapter' / 'ip-adapter_sd15.safetensors').exists():
+        _save_ip_adapter(out / 'sd', out / 'ip-adapter', seed=10, encoder_cfg=VIT_H_IMAGE_ENCODER)
+        (out / 'ip-adapter' / 'ip-adapter_tiny.safetensors').rename(out / 'ip-adapter' / 'ip-adapter_sd15.safetensors')
     return out
 
 
