@@ -318,10 +318,11 @@ class GATEDiffusionBackbone(BaseModule):
                                       (id(latents), t, text_key), image_embeds))
         del noisy
         if self.denoiser is not None:  # img2img steps: full UNet (and ControlNet) passes per step
-            self.denoiser.run_branches(self.plans, self.branch_groups, inputs, lambda members, parts: self._unet_pass(
-                members, parts, controlnet_residuals(sd, self.controlnet_index, [self.specs[i] for i in members], parts,
-                                                     pixels, unet_kwargs, self.batch_branches, timed),
-                unet_kwargs, full=True))
+            with timed('denoising'):
+                self.denoiser.run_branches(self.plans, self.branch_groups, inputs, lambda members, parts: self._unet_pass(
+                    members, parts, controlnet_residuals(sd, self.controlnet_index, [self.specs[i] for i in members],
+                                                         parts, pixels, unet_kwargs, self.batch_branches, timed),
+                    unet_kwargs, full=True))
         self.heap.release()
         residuals = controlnet_residuals(sd, self.controlnet_index, self.specs, inputs, pixels, unet_kwargs,
                                          self.batch_branches, timed)
