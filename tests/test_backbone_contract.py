@@ -41,8 +41,9 @@ def test_resize_keeps_the_aspect_ratio_of_non_square_crops(tiny, image_uint8):
     m = build(backbone_cfg(tiny, unet_input_scale=0.5))
     img = torch.from_numpy(image_uint8).permute(2, 0, 1)[None].float()
     img = F.interpolate(img, size=(128, 192), mode='nearest') / 127.5 - 1
-    x, pixels = m._prepare(img)
-    assert m._sd_size(128, 192) == (64, 96) and tuple(x.shape[-2:]) == (64, 128)
+    from mmseg_gate.models.geometry import prepare_images, sd_size
+    x, pixels = prepare_images(img, m.mean, m.std, m.unet_input_scale, m.frozen_modules().pad_multiple)
+    assert sd_size(128, 192, m.unet_input_scale) == (64, 96) and tuple(x.shape[-2:]) == (64, 128)
     ref = F.interpolate(((img + 1) * 127.5).round(), size=(64, 96), mode='bicubic', antialias=True).round().clamp(0, 255)
     torch.testing.assert_close(pixels[..., :64, :96], ref)
     assert [f.shape[-2:] for f in m(img)] == [(16, 24), (8, 12), (4, 6)]

@@ -267,7 +267,8 @@ VIT_H_IMAGE_ENCODER = dict(hidden_size=1280, intermediate_size=5120, num_hidden_
                            image_size=224, patch_size=14, projection_dim=1024, hidden_act='gelu')
 
 
-def _save_ip_adapter(sd: Path, out: Path, seed: int, encoder_cfg: dict = TINY_IMAGE_ENCODER) -> None:
+def _save_ip_adapter(sd: Path, out: Path, seed: int, encoder_cfg: dict = TINY_IMAGE_ENCODER,
+                     name: str = 'ip-adapter_tiny.safetensors') -> None:
     """An IP-Adapter in the h94/IP-Adapter layout: ``image_proj.*`` (4 image tokens) and
     ``ip_adapter.{1,3,...}.to_{k,v}_ip.weight`` per cross-attention layer, in diffusers' processor order,
     plus its ``CLIPVisionModelWithProjection`` in ``image_encoder/``."""
@@ -292,7 +293,7 @@ def _save_ip_adapter(sd: Path, out: Path, seed: int, encoder_cfg: dict = TINY_IM
         for kv in ('to_k_ip', 'to_v_ip'):
             tensors[f'ip_adapter.{key}.{kv}.weight'] = torch.randn(hidden, cross) * (0.2 if cross < 100 else 0.02)
         key += 2
-    save_file(tensors, str(out / 'ip-adapter_tiny.safetensors'))
+    save_file(tensors, str(out / name))
 
 
 def _save_sd(out: Path) -> None:
@@ -343,12 +344,22 @@ SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, 
                  max_position_embeddings=77, hidden_act='quick_gelu', projection_dim=768)
 
 
+def _made_once(out: str | os.PathLike, write) -> Path:
+    """``write(out)`` unless ``out`` is complete already (large assets are made once)."""
+    out = Path(out)
+    if not (out / '.complete').exists():
+        out.mkdir(parents=True, exist_ok=True)
+        write(out)
+        (out / '.complete').write_text('{}')
+    return out
+
+
 def make_sd15_shaped(out: str | os.PathLike) -> Path:
     """SD1.5-, sd-controlnet-canny- and paper-LoCon-shaped random weights (for benchmarks): ~6 GB on disk."""
-    out = Path(out)
-    if (out / '.complete').exists():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
+    return _made_once(out, _write_sd15_shaped)
+
+
+def _write_sd15_shaped(out: Path) -> None:
     _save_pipeline(out / 'sd', SD15_UNET, SD15_TEXT, seed=0, vae_cfg=SD15_VAE, calibrate_vae=False, train_vae=False)
     _save_controlnet(out / 'sd', out / 'controlnet-canny', seed=1, cond_channels=(16, 32, 96, 256))
     (out / 'lora').mkdir(exist_ok=True)
@@ -356,8 +367,6 @@ def make_sd15_shaped(out: str | os.PathLike) -> Path:
     for i, name in enumerate(('a', 'b')):
         _save_lora_kohya(out / 'sd', out / 'lora' / f'{name}.safetensors', seed=2 + i, rank=64, alpha=32.0,
                          conv_rank=32, up_scale=0.02)
-    (out / '.complete').write_text('{}')
-    return out
 
 
 def make_sd15_ip_adapter(out: str | os.PathLike) -> Path:
@@ -365,8 +374,8 @@ def make_sd15_ip_adapter(out: str | os.PathLike) -> Path:
     (~2.5 GB): the IP-Adapter branch of the benchmark."""
     out = Path(out)
     if not (out / 'ip-adapter' / 'ip-adapter_sd15.safetensors').exists():
-        _save_ip_adapter(out / 'sd', out / 'ip-adapter', seed=10, encoder_cfg=VIT_H_IMAGE_ENCODER)
-        (out / 'ip-adapter' / 'ip-adapter_tiny.safetensors').rename(out / 'ip-adapter' / 'ip-adapter_sd15.safetensors')
+        _save_ip_adapter(out / 'sd', out / 'ip-adapter', seed=10, encoder_cfg=VIT_H_IMAGE_ENCODER,
+                         name='ip-adapter_sd15.safetensors')
     return out
 
 
@@ -383,16 +392,14 @@ SDXL_TEXT_2 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=3
 
 def make_sdxl_shaped(out: str | os.PathLike) -> Path:
     """SDXL-base- and controlnet-canny-sdxl-shaped random weights (for benchmarks): ~19 GB on disk."""
-    out = Path(out)
-    if (out / '.complete').exists():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    _save_pipeline(out / 'sd', SDXL_UNET, dict(SD15_TEXT, hidden_act='quick_gelu'), seed=0, text_cfg_2=SDXL_TEXT_2,
+    return _made_once(out, _write_sdxl_shaped)
+
+
+def _write_sdxl_shaped(out: Path) -> None:
+    _save_pipeline(out / 'sd', SDXL_UNET, SD15_TEXT, seed=0, text_cfg_2=SDXL_TEXT_2,
                    vae_cfg=dict(SD15_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
                    calibrate_vae=False, train_vae=False)
     _save_controlnet(out / 'sd', out / 'controlnet-canny', seed=1, cond_channels=(16, 32, 96, 256))
-    (out / '.complete').write_text('{}')
-    return out
 
 
 def make_tiny_captioner(out: str | os.PathLike) -> Path:
