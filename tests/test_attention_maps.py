@@ -74,3 +74,12 @@ def test_attention_maps_per_layer_and_merged_with_the_taps(tiny, image):
     assert n_layers == 2 and m.out_channels == [64, 64 + 2 * 77, 64]  # joins the 1/16 level
     with pytest.raises(ValueError, match='no attention layer'):
         build(backbone_cfg(tiny, attention=dict(strides=(4,)), amalgamation=None))
+
+
+def test_attention_maps_on_sdxl(tiny, image):
+    """Two text encoders' 77 tokens, SDXL's up stages at 1/32 and 1/16: the same 154 channels at 1/8."""
+    m = build(backbone_cfg(tiny, pretrained=str(tiny / 'sdxl'), attention=dict(), amalgamation=None,
+                           taps=('up_blocks.1.upsamplers.0',)))
+    feats = m.extract(image)
+    assert m.out_channels == [64, 154] and feats[1][0].shape == (1, 154, 8, 12)
+    assert torch.allclose(feats[1][0].sum(1), torch.full((1, 8, 12), 2.0), atol=1e-4)

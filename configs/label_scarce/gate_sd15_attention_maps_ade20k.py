@@ -11,6 +11,7 @@ model = dict(
         # brought to 1/8: 2 x 77 channels, concatenated with the 1/8 tap (merge_same_stride)
         attention=dict(layers='up_cross', strides=(32, 16), average_layers=True, stride=8),
         merge_same_stride=True,
+        denoising_scheduler=None,  # the SD folder's scheduler (PNDM for SD1.5), as the authors'
         branches=[
             dict(name='prompt'),
             dict(name='prompt_lora_a_canny', loras=[dict(path='checkpoints/lora/ade20k_a.safetensors')],

@@ -14,8 +14,8 @@ from .amalgamation import Amalgamation
 from .attention_maps import CrossAttentionMaps
 from .branch_batching import BASE_ADAPTER, lora_layers, mixed_adapter_batch, plan_branch_groups
 from .branches import AdapterRegistry, parse_branches
-from .denoising import plan_branches
 from .controlnets import BranchInput, batch_residuals, controlnet_residuals, load_controlnets, take_residuals
+from .denoising import plan_branches
 from .families import TextCondition
 from .geometry import prepare_images, sd_size, to_input_grid
 from .inference_blocks import chunk_feed_forward

@@ -177,12 +177,19 @@ class FrozenStableDiffusion(nn.Module):
         """The (first) text encoder, or ``None`` once released."""
         return None if self.text_encoders is None else self.text_encoders['text_encoder']
 
+    def _component(self, override: str | None, subfolder: str) -> tuple[str, dict]:
+        """Where a component loads from: ``pretrained``'s subfolder, or the override: a model folder (or
+        hub id) itself, or a whole pipeline folder's subfolder."""
+        if not override:
+            return self.pretrained, dict(subfolder=subfolder)
+        local = Path(os.path.expanduser(str(override)))
+        if local.is_dir() and not (local / 'config.json').is_file() and (local / subfolder).is_dir():
+            return override, dict(subfolder=subfolder)
+        return override, {}
+
     def _load_vae(self):
         from diffusers import AutoencoderKL
-        path, kwargs = (self.vae_path, {}) if self.vae_path else (self.pretrained, dict(subfolder='vae'))
-        if self.vae_path and not (Path(os.path.expanduser(path)) / 'config.json').is_file() \
-                and (Path(os.path.expanduser(path)) / 'vae').is_dir():
-            kwargs = dict(subfolder='vae')  # a whole pipeline folder: take its VAE
+        path, kwargs = self._component(self.vae_path, 'vae')
         config = AutoencoderKL.load_config(path, **kwargs, **self.hub_kwargs)
         dtype = self.load_kwargs['dtype']
         if dtype == torch.float16 and config.get('force_upcast', False):
@@ -194,24 +201,15 @@ class FrozenStableDiffusion(nn.Module):
 
     def _load_unet(self):
         from diffusers import UNet2DConditionModel
-        if not self.unet_path:
-            return UNet2DConditionModel.from_pretrained(self.pretrained, subfolder='unet', **self.load_kwargs)
-        path, kwargs = self.unet_path, {}
-        local = Path(os.path.expanduser(path))
-        if local.is_dir() and not (local / 'config.json').is_file() and (local / 'unet').is_dir():
-            kwargs = dict(subfolder='unet')  # a whole pipeline folder: take its UNet
-        unet = from_pretrained_or_explain(UNet2DConditionModel.from_pretrained, path, 'UNet', **kwargs,
+        path, kwargs = self._component(self.unet_path, 'unet')
+        return from_pretrained_or_explain(UNet2DConditionModel.from_pretrained, path, 'UNet', **kwargs,
                                           **self.load_kwargs)
-        return unet
 
     def unet_config(self):
         """The UNet's config (attribute access), read before the UNet loads."""
         from diffusers import UNet2DConditionModel
         from diffusers.configuration_utils import FrozenDict
-        path, kwargs = (self.unet_path, {}) if self.unet_path else (self.pretrained, dict(subfolder='unet'))
-        local = Path(os.path.expanduser(str(path)))
-        if self.unet_path and local.is_dir() and not (local / 'config.json').is_file() and (local / 'unet').is_dir():
-            kwargs = dict(subfolder='unet')  # a whole pipeline folder: its UNet
+        path, kwargs = self._component(self.unet_path, 'unet')
         return FrozenDict(UNet2DConditionModel.load_config(path, **kwargs, **self.hub_kwargs))
 
     def load_denoiser(self) -> None:

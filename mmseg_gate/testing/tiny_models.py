@@ -284,10 +284,10 @@ def _save_ip_adapter(sd: Path, out: Path, seed: int, encoder_cfg: dict = TINY_IM
                'image_proj.proj.bias': torch.zeros(4 * cross),
                'image_proj.norm.weight': torch.ones(cross), 'image_proj.norm.bias': torch.zeros(cross)}
     key = 1
-    for name in unet.attn_processors:  # diffusers numbers the cross-attention layers 1, 3, 5, ...
-        if name.endswith('attn1.processor'):
+    for processor in unet.attn_processors:  # diffusers numbers the cross-attention layers 1, 3, 5, ...
+        if processor.endswith('attn1.processor'):
             continue
-        block = name.split('.')
+        block = processor.split('.')
         hidden = (channels[-1] if block[0] == 'mid_block' else
                   list(reversed(channels))[int(block[1])] if block[0] == 'up_blocks' else channels[int(block[1])])
         for kv in ('to_k_ip', 'to_v_ip'):
