@@ -57,6 +57,17 @@ def test_other_branches_are_unchanged_by_an_ip_adapter(tiny, image, with_ip):
         torch.testing.assert_close(ours[level][2], theirs[level][1], atol=1e-5, rtol=1e-4)
 
 
+def test_ip_adapter_and_denoising_are_in_the_checkpoint_provenance(tiny, with_ip):
+    from mmseg_gate.engine.checks import provenance_differences
+    saved = with_ip.frozen_provenance()
+    (sha,) = saved['ip_adapters'].values()
+    assert len(sha) == 64 and 'denoising_from' not in saved
+    changed = dict(saved, ip_adapters={k: '0' * 64 for k in saved['ip_adapters']})
+    assert any('ip_adapters' in d for d in provenance_differences(changed, saved))
+    denoised = build(backbone_cfg(tiny, amalgamation=None, denoising_from=60))
+    assert denoised.frozen_provenance()['denoising_from'] == [60]
+
+
 def test_ip_adapter_errors(tiny):
     with pytest.raises(ValueError, match='needs a path and an image_encoder'):
         build(backbone_cfg(tiny, branches=[dict(name='x', ip_adapters=[dict(path='x.safetensors')])]))

@@ -249,7 +249,9 @@ class GATEDiffusionBackbone(BaseModule):
                    controlnets=sorted(self.controlnet_index), timestep=self.timestep, taps=list(self.taps),
                    dtype=str(self.sd.dtype).replace('torch.', ''))
         overrides = dict(unet=self.sd.unet_path, vae=self.sd.vae_path,  # only when set: older checkpoints match
-                         timesteps=self.timesteps if len(set(self.timesteps) | {self.timestep}) > 1 else None)
+                         timesteps=self.timesteps if len(set(self.timesteps) | {self.timestep}) > 1 else None,
+                         ip_adapters=self.ip and dict(self.ip.sha256),
+                         denoising_from=self.denoiser and [p and p.requested for p in self.plans])
         return {**out, **{k: v for k, v in overrides.items() if v is not None}}
 
     def frozen_modules(self) -> FrozenStableDiffusion:

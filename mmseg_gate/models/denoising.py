@@ -20,6 +20,7 @@ from .controlnets import BranchInput
 @dataclass(frozen=True)
 class DenoisingPlan:
     """One branch's steps: ``steps`` (the UNet passes, descending) then extraction at ``extract``."""
+    requested: int  # the configured denoising_from
     steps: tuple[int, ...]
     extract: int
     steps_per_schedule: int
@@ -56,7 +57,7 @@ def plan_denoising(scheduler, start: int, stop: int) -> DenoisingPlan:
     timesteps = [int(t) for t in scheduler.timesteps[begin:] if int(t) >= stop]
     if not timesteps:
         raise ValueError(f'no scheduled timestep between denoising_from={start} and {stop}')
-    return DenoisingPlan(tuple(timesteps[:-1]), timesteps[-1], steps, begin)
+    return DenoisingPlan(start, tuple(timesteps[:-1]), timesteps[-1], steps, begin)
 
 
 def plan_branches(sd, specs, timesteps: list[int], default_start: int | None, scheduler: str | None,

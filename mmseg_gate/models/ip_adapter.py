@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..utils.files import file_sha256
 from .stable_diffusion import check_weights_location, from_pretrained_or_explain
 
 
@@ -61,6 +62,7 @@ class IPAdapters:
                 if encoder_of.setdefault(a['path'], a['image_encoder']) != a['image_encoder']:
                     raise ValueError(f'IP-Adapter {a["path"]!r} is used with two image encoders')
         unet._load_ip_adapter_weights([read_ip_adapter(p) for p in self.paths])
+        self.sha256 = {p: file_sha256(os.path.expanduser(p)) for p in self.paths}  # for checkpoints' provenance
         self.unet = unet
         self.encoder_paths = list(dict.fromkeys(encoder_of[p] for p in self.paths))
         self.encoders = nn.ModuleDict()
