@@ -84,7 +84,7 @@ class GATEDiffusionBackbone(BaseModule):
         mean, std: the data preprocessor's normalisation, undone here.
         amalgamation: kwargs of :class:`Amalgamation`, or ``None`` to return a single branch's raw
             features.
-        keep_text_encoder: keep CLIP after build so :meth:`encode_prompts` can encode new prompts.
+        keep_text_encoder: keep the text encoders after build, so per-image prompts (:meth:`set_prompts`) can be encoded.
         batch_branches: run the branches' UNet passes (and the calls of a shared ControlNet) as one
             batch where their LoRA adapters allow it (peft mixed-adapter batches): faster, same
             features; the UNet activations of those branches are held together.
