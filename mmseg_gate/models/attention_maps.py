@@ -79,6 +79,7 @@ class CrossAttentionMaps:
         self.modules = dict(unet.named_modules())
         self.names = names
         self.layer_strides: dict[str, int] = {}
+        self.groups: list[list[str]] = []  # output channel groups, set by select()
         self._maps: dict[str, torch.Tensor] = {}
         self._defaults = {n: self.modules[n].processor for n in names}
         for n in names:
@@ -100,9 +101,9 @@ class CrossAttentionMaps:
             self.modules[name].set_processor(self._defaults[name])
         self.names = kept
         tokens = self._maps[kept[0]].shape[-1]
-        groups = self._groups()
+        self.groups = self._groups()
         self._maps.clear()
-        return Tap(self.name, tokens * len(groups), self.stride, tokens=False)
+        return Tap(self.name, tokens * len(self.groups), self.stride, tokens=False)
 
     def _groups(self) -> list[list[str]]:
         """Layers per output group: one group per stride (coarsest first) when averaging, else one each."""
@@ -124,7 +125,7 @@ class CrossAttentionMaps:
         ``image_hw``; clears them."""
         out = []
         size = (-(-image_hw[0] // self.stride), -(-image_hw[1] // self.stride))
-        for group in self._groups():
+        for group in self.groups:
             s = self.layer_strides[group[0]]
             grid = (-(-image_hw[0] // s), -(-image_hw[1] // s))
             maps = torch.stack([self._maps[n] for n in group]).mean(0)  # [B, queries, tokens]

@@ -63,24 +63,21 @@ class NoisePolicy:
         understands) ``add_noise(posterior draw, noise, level)``; ``mean``/``std`` are the scaled
         posterior.
 
-        In the shared modes the branches of one level get the same tensor object; ``'none'``
-        returns the clean latents (the same object for every branch).
+        In the shared modes (``'fixed'``, and ``'none'``: no noise, ``add_noise`` gets ``None``) the
+        branches of one level get the same tensor object.
         """
         out, shared = [], {}
-        for branch, timestep in enumerate(levels):
-            if self.shared_across_branches and timestep in shared:
-                out.append(shared[timestep])
+        for branch, level in enumerate(levels):
+            if self.shared_across_branches and level in shared:
+                out.append(shared[level])
                 continue
             seed = self.seed + (0 if self.shared_across_branches else branch)
             latents = mean
             if self.sample_posterior:  # its own seed stream: the two draws must be independent
                 latents = mean + std * self._draws(mean.shape, seed + POSTERIOR_SEED_OFFSET, training, mean)
-            if self.mode == 'none':
-                noisy = add_noise(latents, None, timestep)
-            else:
-                noisy = add_noise(latents, self._draws(mean.shape, seed, training, mean), timestep)
-            shared[timestep] = noisy
-            out.append(noisy)
+            noise = None if self.mode == 'none' else self._draws(mean.shape, seed, training, mean)
+            shared[level] = add_noise(latents, noise, level)
+            out.append(shared[level])
         return out
 
 
