@@ -3,6 +3,7 @@
 Importing the package registers :class:`GATEDiffusionBackbone`, the LoRA trainer (and friends) in mmseg's registries,
 so configs only need ``custom_imports = dict(imports=['mmseg_gate'])``.
 """
+from . import cache  # noqa: F401  (feature caches: registers LoadCachedFeatures, PackCachedSegInputs)
 from .checkpoint_compat import allow_mmengine_checkpoints
 from .datasets import LoadCaption
 from .engine import GATECheckHook, check_head_channels

@@ -1,6 +1,9 @@
 from .amalgamation import Amalgamation
 from .backbone import GATE_TAPS, GATEDiffusionBackbone
+from .cached_segmentor import CachedFeatureEncoderDecoder, CachedFeaturePreprocessor
 from .conditions import CONDITIONS, canny
+from .pixel_classifier import PixelClassifierHead
 from .segmentor import CaptionEncoderDecoder
 
-__all__ = ['Amalgamation', 'GATEDiffusionBackbone', 'GATE_TAPS', 'CONDITIONS', 'canny', 'CaptionEncoderDecoder']
+__all__ = ['Amalgamation', 'GATEDiffusionBackbone', 'GATE_TAPS', 'CONDITIONS', 'canny', 'CaptionEncoderDecoder',
+           'CachedFeatureEncoderDecoder', 'CachedFeaturePreprocessor', 'PixelClassifierHead']

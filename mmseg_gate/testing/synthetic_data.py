@@ -114,3 +114,24 @@ def make_cityscapes_like(root: str | os.PathLike, num_train: int = 12, num_val: 
             # every region as one instance (what cityscapesscripts' instance-weighted scores need)
             cv2.imwrite(str(base / 'gtFine' / split / city / f'{stem}_gtFine_instanceIds.png'), lid)
     return base
+
+
+def make_ddpm_segmentation_like(root: str | os.PathLike, category: str = 'horse_21', num_train: int = 6,
+                                num_test: int = 6, size: int = 64, seed: int = 2) -> Path:
+    """``root/<category>/real/{train,test}/<stem>.png`` + ``<stem>.npy`` (DDPM-segmentation's published layout).
+
+    Square pictures of the scenes above; labels are the scene classes 0..5 as class indices (valid for every
+    set), with a few pixels of 255 (unlabelled) as in the real label maps.
+    """
+    base = Path(root) / category / 'real'
+    rng = np.random.default_rng(seed)
+    for split, n in (('train', num_train), ('test', num_test)):
+        (base / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img, label = _scene(rng, size, size, ADE_CLASSES)
+            label = label.astype(np.uint8)
+            label[:2, :2] = 255
+            stem = f'img_{split}_{i:03d}'
+            cv2.imwrite(str(base / split / f'{stem}.png'), img)
+            np.save(base / split / f'{stem}.npy', label)
+    return base
