@@ -21,7 +21,8 @@ def write_feature_cache(cfg: Config, out: str, splits=('train', 'val', 'test'), 
     """Cache ``cfg.model.backbone``'s ``extract()`` output for every image of the splits' datasets.
 
     The images go through ``cfg.cache_pipeline`` (image only, no augmentation: what the live test pipeline
-    does to them) and ``cfg.model.data_preprocessor``; the backbone runs in eval mode. Images already cached
+    does to them) and ``cfg.cache_preprocessor`` (default ``cfg.model.data_preprocessor``); the backbone
+    (``cfg.model.backbone``, live or cached config alike) runs in eval mode. Images already cached
     (same config) are skipped, so an interrupted run resumes. Returns a summary (images, bytes, seconds).
     """
     if 'cache_pipeline' not in cfg:
@@ -35,7 +36,11 @@ def write_feature_cache(cfg: Config, out: str, splits=('train', 'val', 'test'), 
     if noise in ('gate', 'random'):
         print_log(f"backbone noise={noise!r}: live training draws fresh noise each step, the cache holds the eval "
                   "features; noise='fixed' or 'none' makes them the same (docs/label_scarce.md)", logger='current')
-    preprocessor = MODELS.build(cfg.model.data_preprocessor)
+    pre_cfg = cfg.get('cache_preprocessor') or cfg.model.data_preprocessor  # a cached config names the live one
+    if pre_cfg.get('type') == 'CachedFeaturePreprocessor':
+        raise KeyError('this cached config has no cache_preprocessor (the live data_preprocessor): add '
+                       'cache_preprocessor = {{_base_.model.data_preprocessor}}')
+    preprocessor = MODELS.build(pre_cfg)
     backbone = MODELS.build(backbone_cfg).eval()
     device = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available()
                                                                            else 'cpu')

@@ -1,0 +1,188 @@
+"""Label-scarce segmentation: DDPM-segmentation datasets, the pixel-classifier ensemble, the feature cache."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from conftest import backbone_cfg, build
+
+SIZE = 32
+
+
+@pytest.fixture(scope='module')
+def horse_root(tmp_path_factory):
+    from mmseg_gate.testing.synthetic_data import make_ddpm_segmentation_like
+    return make_ddpm_segmentation_like(tmp_path_factory.mktemp('ddpm'), 'horse_21', num_train=3, num_test=3,
+                                       size=SIZE)
+
+
+def _dataset(root, pipeline=(), **kw):
+    from mmseg.registry import DATASETS
+    import mmseg_gate  # noqa: F401
+    return DATASETS.build(dict(type='Horse21Dataset', data_root=str(root), pipeline=list(pipeline), **kw))
+
+
+def test_dataset_reads_the_published_layout_and_splits(horse_root):
+    from mmseg_gate.datasets.ddpm_segmentation import HORSE_21
+    train, test = _dataset(horse_root, split='train'), _dataset(horse_root, split='test')
+    assert len(train) == 3 and len(test) == 3 and train.metainfo['classes'] == HORSE_21
+    assert len(train.metainfo['palette']) == 21
+    info = train.get_data_info(0)
+    assert info['img_path'].endswith('.png') and info['seg_map_path'] == info['img_path'][:-4] + '.npy'
+    # the paper's protocol: pooled, shuffled by the seed, first len(train) for training; reproducible
+    s0 = [_dataset(horse_root, split=p, split_seed=0) for p in ('train', 'test')]
+    paths = [[d.get_data_info(i)['img_path'] for i in range(len(d))] for d in s0]
+    assert len(paths[0]) == 3 and not set(paths[0]) & set(paths[1])
+    assert len(set(paths[0] + paths[1])) == 6  # all published images, each once
+    assert paths[0] == [_dataset(horse_root, split='train', split_seed=0).get_data_info(i)['img_path'] for i in range(3)]
+    assert any(paths[0] != [_dataset(horse_root, split='train', split_seed=s).get_data_info(i)['img_path']
+                            for i in range(3)] for s in (1, 2, 3))
+    # labels: .npy, resized nearest to label_size (ori_shape follows), small regions ignored
+    item = _dataset(horse_root, [dict(type='LoadImageFromFile'),
+                                 dict(type='LoadNpyAnnotations', label_size=(16, 16), min_region_pixels=20),
+                                 dict(type='PackSegInputs')], split='train')[0]
+    gt = item['data_samples'].gt_sem_seg.data
+    assert gt.shape == (1, 16, 16) and item['data_samples'].ori_shape == (16, 16)
+    values, counts = np.unique(gt.numpy(), return_counts=True)
+    assert all(c >= 20 for v, c in zip(values, counts) if v != 255)
+
+
+def test_pixel_classifier_widths_and_ensemble_vote():
+    head = build(dict(type='PixelClassifierHead', in_channels=[4, 3], num_classes=21, num_models=3))
+    assert [m.out_features for m in head.members[0] if isinstance(m, torch.nn.Linear)] == [128, 32, 21]
+    assert isinstance(head.members[0][2], torch.nn.BatchNorm1d)
+    wide = build(dict(type='PixelClassifierHead', in_channels=8, num_classes=34, num_models=1))
+    assert [m.out_features for m in wide.members[0] if isinstance(m, torch.nn.Linear)] == [256, 128, 34]
+    # majority vote of the members' argmax; a tie goes to the smaller class (torch.mode, as the authors')
+    onehot = torch.eye(21)
+    logits = [onehot[[2, 5, 7]], onehot[[2, 1, 3]], onehot[[4, 1, 9]]]
+    votes = head.combine(logits)
+    expected = torch.mode(torch.stack([lg.argmax(1) for lg in logits], -1), -1).values
+    assert torch.equal(votes.argmax(1), expected) and votes.argmax(1).tolist() == [2, 1, 3]
+    assert torch.allclose(votes.sum(1), torch.ones(3))
+    head.ensemble = 'mean_softmax'
+    assert torch.allclose(head.combine(logits), torch.stack([lg.softmax(1) for lg in logits]).mean(0))
+    # prediction: per-pixel features are the levels bilinearly upsampled to the output size
+    head.eval()
+    feats = [torch.randn(1, 4, 4, 4), torch.randn(1, 3, 2, 2)]
+    out = head(feats, (8, 8))
+    up = torch.cat([torch.nn.functional.interpolate(f, (8, 8), mode='bilinear', align_corners=False)
+                    for f in feats], 1)
+    px = up.permute(0, 2, 3, 1).reshape(-1, 7)
+    ref = head.combine([m(px) for m in head.members]).t().reshape(1, 21, 8, 8)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def _configs(tiny, horse_root, cache_root):
+    """A tiny live label-scarce config and its cached twin (two branches, amalgamation, pixel head)."""
+    from mmengine.config import Config
+    norm = dict(type='BN', requires_grad=True)
+    bb = backbone_cfg(tiny, branches=[dict(name='a'), dict(name='b', prompt='a horse')],
+                      amalgamation=dict(hidden_channels=8, refine_blocks=1, fuse_blocks=1, dropout=0.0, norm_cfg=norm))
+    size = (SIZE, SIZE)
+    image = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=size, keep_ratio=False)]
+    label = dict(type='LoadNpyAnnotations', label_size=size)
+    cached = [dict(type='LoadCachedFeatures', cache_root=str(cache_root)), label, dict(type='PackCachedSegInputs')]
+    head = dict(type='PixelClassifierHead', in_channels=[64, 64, 64], num_classes=21, num_models=2,
+                hidden=(16, 8), pixels_per_image=64, loss_decode=dict(type='CrossEntropyLoss'))
+    pre = dict(type='SegDataPreProcessor', mean=[127.5] * 3, std=[127.5] * 3, bgr_to_rgb=True)
+
+    def loaders(pipe_train, pipe_test):
+        ds = dict(type='Horse21Dataset', data_root=str(horse_root), split_seed=0)
+        return dict(
+            train_dataloader=dict(batch_size=2, num_workers=0, sampler=dict(type='InfiniteSampler', shuffle=True),
+                                  dataset=dict(ds, split='train', pipeline=pipe_train)),
+            test_dataloader=dict(batch_size=1, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
+                                 dataset=dict(ds, split='test', pipeline=pipe_test)),
+            test_evaluator=dict(type='IoUMetric', iou_metrics=['mIoU']), test_cfg=dict(type='TestLoop'))
+
+    common = dict(default_scope='mmseg', custom_imports=dict(imports=['mmseg_gate']),
+                  optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='Adam', lr=1e-3)),
+                  train_cfg=dict(type='IterBasedTrainLoop', max_iters=3), randomness=dict(seed=0),
+                  default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1000),
+                                     logger=dict(type='LoggerHook', interval=1)),
+                  cache_pipeline=image + [dict(type='PackSegInputs')])
+    live = Config(dict(common, model=dict(type='EncoderDecoder', data_preprocessor=pre, backbone=bb, decode_head=head,
+                                          test_cfg=dict(mode='whole')),
+                       **loaders(image + [label, dict(type='PackSegInputs')], image + [label, dict(type='PackSegInputs')])))
+    cache = Config(dict(common, cache_root=str(cache_root), cache_preprocessor=pre,
+                        model=dict(type='CachedFeatureEncoderDecoder', cache_root=str(cache_root), backbone=bb,
+                                   cache_pipeline=common['cache_pipeline'], decode_head=head,
+                                   data_preprocessor=dict(type='CachedFeaturePreprocessor'),
+                                   test_cfg=dict(mode='whole')),
+                        **loaders(cached, cached)))
+    return live, cache
+
+
+@pytest.fixture(scope='module')
+def cached(tiny, horse_root, tmp_path_factory):
+    from mmseg_gate.cache import write_feature_cache
+    root = tmp_path_factory.mktemp('cache') / 'horse'
+    live, cache = _configs(tiny, horse_root, root)
+    summary = write_feature_cache(cache, str(root), splits=('train', 'test'), dtype='float32', device='cpu')
+    assert summary['images'] == 6 and summary['total'] == 6
+    return live, cache, root
+
+
+def test_cached_features_equal_the_live_backbone(cached, horse_root):
+    from mmengine.dataset import pseudo_collate
+    from mmseg_gate.cache import FeatureCache
+    live, cache, root = cached
+    model = build(copy.deepcopy(live.model)).eval()
+    store = FeatureCache(str(root), backbone=live.model.backbone, pipeline=live.cache_pipeline)
+    assert store.meta['gate_frozen'] == model.backbone.frozen_provenance()
+    ds = _dataset(horse_root, live.cache_pipeline, split='all')
+    for i in (0, 4):
+        batch = model.data_preprocessor(pseudo_collate([ds[i]]), False)
+        want = model.backbone.extract(batch['inputs'])
+        got, info = store.read(ds.get_data_info(i)['img_path'])
+        assert info['ori_shape'] == [SIZE, SIZE] and len(got) == len(want) == 3
+        for g, w in zip(got, want):
+            assert g.dtype == torch.float32 and torch.equal(g, torch.cat(w, 0))  # [branches, C, h, w]
+
+
+def test_head_trained_from_the_cache_equals_live_training(cached, tmp_path):
+    from mmengine.dataset import pseudo_collate
+    from mmengine.optim import build_optim_wrapper
+    from mmseg.registry import DATASETS
+    live_cfg, cache_cfg, _ = cached
+    models = [build(copy.deepcopy(live_cfg.model)), build(copy.deepcopy(cache_cfg.model))]
+    models[0].init_weights()
+    state = models[0].state_dict()
+    assert set(state) == set(models[1].state_dict())  # same keys: checkpoints move between the two
+    models[1].load_state_dict(state)
+    datasets = [DATASETS.build(c.train_dataloader.dataset) for c in (live_cfg, cache_cfg)]
+    wrappers = [build_optim_wrapper(m, live_cfg.optim_wrapper) for m in models]
+    for step in range(3):
+        losses = []
+        for m, ds, w in zip(models, datasets, wrappers):
+            m.train()
+            torch.manual_seed(step)  # the same pixel draws for both
+            losses.append(m.train_step(pseudo_collate([ds[step % 3], ds[(step + 1) % 3]]), w))
+        assert torch.allclose(losses[0]['decode.loss_ce'], losses[1]['decode.loss_ce'], rtol=1e-5, atol=1e-6)
+    for k, v in models[0].state_dict().items():
+        assert torch.allclose(v.float(), models[1].state_dict()[k].float(), rtol=1e-4, atol=1e-5), k
+
+
+def test_split_runner_on_the_cache(cached, tmp_path, capsys):
+    from mmseg_gate.label_scarce import run_splits
+    _, cache_cfg, _ = cached
+    result = run_splits(copy.deepcopy(cache_cfg), seeds=(0, 1), work_dir=str(tmp_path))
+    assert set(result['scores']) == {0, 1} and 0 <= result['mean'] <= 100
+    assert result['std'] == pytest.approx(np.std(list(result['scores'].values()), ddof=1))
+
+
+def test_stale_cache_is_refused(cached):
+    from mmseg_gate.cache import FeatureCache, StaleCacheError
+    _, cache_cfg, root = cached
+    other = copy.deepcopy(cache_cfg.model)
+    other.backbone.timestep = 60
+    with pytest.raises(StaleCacheError, match='stale.*tools/cache_features.py'):
+        build(other)
+    with pytest.raises(StaleCacheError, match='image pipeline'):
+        FeatureCache(str(root), pipeline=[dict(type='LoadImageFromFile')])
+    # the trainable amalgamation and speed-only options are not part of the features: accepted
+    same = copy.deepcopy(cache_cfg.model)
+    same.backbone.amalgamation = dict(hidden_channels=4, refine_blocks=0, fuse_blocks=0)
+    same.backbone.feed_forward_chunks = 1
+    build(same)
