@@ -1,34 +1,58 @@
-# make install: a .venv with the verified stack (idempotent; the mmcv build takes ~20 min once,
-#               then pip's wheel cache makes it seconds)
+# make install: a .venv with the verified stack of requirements/lock.txt (idempotent; the mmcv build
+#               takes ~10 min once per kind, later installs reuse its cached wheel)
+#               MMCV_OPS=auto|cpu|cuda picks mmcv's ops (auto: CUDA ops only with a GPU and a CUDA toolkit)
+# make mmcv:    (re)install mmcv with MMCV_OPS's kind into an existing .venv
 # make test:    the test suite (installs first if needed)
 # make demo:    tiny weights + synthetic ADE20K-layout data, train, test, print mIoU
+# make doctor:  the environment report with a fix for each failed check
+# make lock:    re-resolve requirements.txt + setup.py in a fresh venv and rewrite requirements/lock.txt
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+LOCK := requirements/lock.txt
+MMCV_OPS ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean
+.PHONY: install mmcv test demo doctor lock clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py requirements.txt
+$(VENV)/.installed: setup.py requirements.txt $(LOCK) tools/install_mmcv.py
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q torch==2.13.0 mmengine==0.10.7
-	# mmcv 2.1.0 has no wheel for recent torch: build it against the installed torch
-	# (its setup.py imports pkg_resources, hence setuptools<70)
-	$(PIP) install -q "setuptools<70" wheel
-	$(PY) -c "import mmcv.ops" 2>/dev/null || MMCV_WITH_OPS=1 MAX_JOBS=2 $(PIP) install --no-build-isolation mmcv==2.1.0
-	$(PIP) install -q -r requirements.txt
-	$(PIP) install -q --no-build-isolation -e ".[dev]"
-	# torch wants setuptools>=77; mmengine's `mmseg::` config lookup still imports pkg_resources (gone in 81)
-	$(PIP) install -q "setuptools>=77,<81"
+	# torch first (a CUDA torch 2.13.0 already in the venv satisfies the lock's torch==2.13.0 and stays)
+	$(PIP) install -q -c $(LOCK) torch mmengine
+	MMCV_OPS=$(MMCV_OPS) $(PY) tools/install_mmcv.py
+	# everything else at the locked versions (this also puts back the locked setuptools after mmcv's build)
+	$(PIP) install -q -c $(LOCK) -r requirements.txt setuptools wheel
+	$(PIP) install -q -c $(LOCK) --no-build-isolation -e ".[dev]"
+	$(PY) tools/lockfile.py check $(LOCK)
 	touch $@
+
+mmcv:
+	test -x $(PY) || { echo "no $(VENV): run make install first"; exit 1; }
+	MMCV_OPS=$(MMCV_OPS) $(PY) tools/install_mmcv.py
+	$(PIP) install -q -c $(LOCK) setuptools wheel
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 demo: install
 	$(PY) tools/demo.py --work-dir work_dirs/demo
+
+doctor: install
+	$(PY) tools/collect_env.py
+
+# Resolve the ranges anew (newest allowed releases) in a throwaway venv; a lock change lands only after
+# `rm -rf .venv && make install && make test` passed with it.
+lock:
+	rm -rf .venv-lock
+	python3 -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q torch mmengine
+	MMCV_OPS=cpu .venv-lock/bin/python tools/install_mmcv.py
+	.venv-lock/bin/python -m pip install -q -r requirements.txt setuptools wheel
+	.venv-lock/bin/python -m pip install -q --no-build-isolation -e ".[dev]"
+	.venv-lock/bin/python tools/lockfile.py write $(LOCK)
+	rm -rf .venv-lock
 
 clean:
 	rm -rf work_dirs .pytest_cache
