@@ -14,6 +14,7 @@ import importlib.util
 import re
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--configs', nargs='*', default=DEFAULT_CONFIGS,
                         help='configs whose weight paths to look for, from the current folder (default: %(default)s)')
     args = parser.parse_args(argv)
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated')  # mmengine's, once per import
     info, results = run_checks(tuple(args.configs))
     for key, value in info:
         print(f'{key}: {value}')
