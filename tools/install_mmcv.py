@@ -56,12 +56,12 @@ def plan_build(machine: Machine, requested: str = 'auto', arch_list: str | None 
     base = f'mmcv-{MMCV_VERSION}-torch{machine.torch_version}'
     cpu_env = {'MMCV_WITH_OPS': '1', 'FORCE_CUDA': '0', 'CUDA_VISIBLE_DEVICES': ''}  # hide the GPU from setup.py
     if requested == 'cpu':
-        return MmcvBuild('cpu', f'{base}-cpu', 'mmcv: building CPU ops (MMCV_OPS=cpu)', cpu_env)
+        return MmcvBuild('cpu', f'{base}-cpu', 'mmcv: CPU ops (MMCV_OPS=cpu)', cpu_env)
     if requested == 'auto' and machine.gpu_capability is None:
-        return MmcvBuild('cpu', f'{base}-cpu', 'mmcv: no GPU visible, building CPU ops', cpu_env)
+        return MmcvBuild('cpu', f'{base}-cpu', 'mmcv: CPU ops (no GPU visible)', cpu_env)
     if requested == 'auto' and machine.cuda_home is None:
         return MmcvBuild('cpu', f'{base}-cpu',
-                         f'mmcv: GPU found but no CUDA toolkit (nvcc / CUDA_HOME), building CPU ops: enough for '
+                         f'mmcv: CPU ops (GPU found but no CUDA toolkit: nvcc / CUDA_HOME): enough for '
                          f'the GATE configs; for CUDA ops install a CUDA {machine.torch_cuda} toolkit and run '
                          f'`{REBUILD_HINT}`', cpu_env)
     # CUDA ops: asked for, or auto with a GPU and a toolkit
@@ -78,7 +78,7 @@ def plan_build(machine: Machine, requested: str = 'auto', arch_list: str | None 
         arch_list = '{}.{}'.format(*machine.gpu_capability)
     arch_tag = arch_list.replace(';', '_').replace(' ', '_').replace('+', '')
     return MmcvBuild('cuda', f'{base}-cu{machine.torch_cuda}-sm{arch_tag}',
-                     f'mmcv: building CUDA ops for CUDA {machine.torch_cuda}, GPU architecture {arch_list}',
+                     f'mmcv: CUDA ops for CUDA {machine.torch_cuda}, GPU architecture {arch_list}',
                      {'MMCV_WITH_OPS': '1', 'FORCE_CUDA': '1', 'TORCH_CUDA_ARCH_LIST': arch_list})
 
 
