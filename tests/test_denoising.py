@@ -1,5 +1,7 @@
 """denoising_from: diffusers' own img2img steps (get_timesteps, scheduler.step, full UNet and ControlNet
 passes with the branch's LoRA), then extraction, equal our batched loop."""
+import logging
+
 import cv2
 import numpy as np
 import pytest
@@ -68,6 +70,19 @@ def test_denoising_from_equals_diffusers_img2img_steps(tiny, image, image_uint8,
     assert (ours[0][1] - ours[0][0]).abs().max() > 1e-2
 
 
+def test_euler_denoising_equals_diffusers_img2img_steps(tiny, image, image_uint8):
+    """Euler (SDXL's default): its step() refuses Python int timesteps (before the fix it raised
+    there), it scales the model input and noises from its begin index, which PNDM and DDIM do not."""
+    m = build(backbone_cfg(tiny, timestep=50, denoising_from=60, denoising_scheduler='EulerDiscreteScheduler',
+                           amalgamation=None))
+    ours = m.extract(image)
+    ref, timesteps = reference(tiny, padded(image), image_uint8, 60, 50, 'EulerDiscreteScheduler', with_lora=False,
+                               controlnet=False)
+    assert m.plans[0].steps == tuple(timesteps[:-1]) and m.timesteps == [timesteps[-1]] and len(timesteps) > 2
+    for level, r in enumerate(crop(ref, image)):
+        torch.testing.assert_close(ours[level][0], r, atol=1e-4, rtol=1e-3)
+
+
 def test_denoising_is_deterministic_in_eval_and_checked(tiny, image):
     m = build(backbone_cfg(tiny, noise='gate', denoising_from=60, amalgamation=None)).eval()
     a, b = m.extract(image), m.extract(image)
@@ -78,3 +93,41 @@ def test_denoising_is_deterministic_in_eval_and_checked(tiny, image):
         build(backbone_cfg(tiny, timestep=50, denoising_from=40, amalgamation=None))
     with pytest.raises(ValueError, match='not a diffusers scheduler'):
         build(backbone_cfg(tiny, denoising_from=60, denoising_scheduler='Nope', amalgamation=None))
+
+
+def test_img2img_start_and_moved_extraction_timestep_are_logged_once(tiny, image):
+    """img2img starts where its schedule says (PNDM from 60: 61, DDIM from 150: 141); an extraction
+    timestep off the schedule moves to the next scheduled one, which the UNet gets, and one warning
+    at build time names both values (none for a branch that stays, none at forward)."""
+    from mmengine.logging import MMLogger
+    from mmseg_gate.models.denoising import load_scheduler, plan_denoising
+    assert plan_denoising(load_scheduler(str(tiny / 'sd')), 60, 50).start == 61
+    assert plan_denoising(load_scheduler(str(tiny / 'sd'), 'DDIMScheduler'), 150, 50).start == 141
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    logger, records = MMLogger.get_current_instance(), Records()
+    logger.addHandler(records)
+    try:
+        m = build(backbone_cfg(tiny, branches=[dict(name='moved', timestep=55, denoising_from=200),
+                                               dict(name='stays', timestep=50, denoising_from=60)]))
+        assert m.plans[0].start == 201 and m.timesteps == [61, 50]  # PNDM, 100 steps: ..., 71, 61, 51
+        logged = [msg for msg in records.messages if 'denoising_from' in msg]
+        assert len(logged) == 1 and "branch 'moved': timestep 55 -> 61" in logged[0], records.messages
+        assert 'stays' not in logged[0]
+        seen = []
+        hook = m.frozen_modules().unet.register_forward_pre_hook(lambda mod, args: seen.append(args[1]))
+        try:
+            m.extract(image)
+        finally:
+            hook.remove()
+        assert m.branch_groups == [[0, 1]] and seen[-1].tolist() == [61, 50]  # the batched extraction pass
+    finally:
+        logger.removeHandler(records)
+    assert [msg for msg in records.messages if 'denoising_from' in msg] == logged  # the forward logged nothing

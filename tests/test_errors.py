@@ -95,3 +95,10 @@ def test_wrong_channel_count(tiny, channels):
     m = build(backbone_cfg(tiny))
     with pytest.raises(ValueError, match=f'expects \\[B, 3, H, W\\].*\\(1, {channels}, 64, 64\\)'):
         m(torch.zeros(1, channels, 64, 64))
+
+
+def test_input_without_batch_dimension(tiny):
+    # before: "ValueError: not enough values to unpack" from `b, _, h, w = img.shape`
+    m = build(backbone_cfg(tiny))
+    with pytest.raises(ValueError, match=r'one image of shape \(3, 64, 64\).*img\.unsqueeze\(0\)'):
+        m(torch.zeros(3, 64, 64))

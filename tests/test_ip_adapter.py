@@ -13,10 +13,10 @@ def ip(tiny, scale=0.7):
                 image_encoder=str(tiny / 'ip-adapter' / 'image_encoder'), scale=scale)
 
 
-def reference(tiny, image, image_uint8, scale):
+def reference(tiny, image, image_uint8, scale, folder=None):
     from diffusers import StableDiffusionPipeline
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny / 'sd'), safety_checker=None)
-    pipe.load_ip_adapter(str(tiny / 'ip-adapter'), subfolder='', weight_name='ip-adapter_tiny.safetensors',
+    pipe.load_ip_adapter(str(folder or tiny / 'ip-adapter'), subfolder='', weight_name='ip-adapter_tiny.safetensors',
                          image_encoder_folder='image_encoder')
     pipe.set_ip_adapter_scale(scale)
     with torch.no_grad():
@@ -46,6 +46,21 @@ def test_ip_adapter_branch_equals_diffusers(tiny, image, image_uint8, with_ip):
     for level, r in enumerate(crop(reference(tiny, padded(image), image_uint8, 0.7), image)):
         torch.testing.assert_close(ours[level][1], r, atol=1e-4, rtol=1e-3)
     assert (ours[0][1] - ours[0][0]).abs().max() > 1e-3  # the image prompt changed the features
+
+
+def test_image_processor_is_sized_to_its_image_encoder(tiny, tmp_path, image, image_uint8):
+    """diffusers' load_ip_adapter sizes the CLIPImageProcessor to the encoder's config.image_size: an
+    encoder of 96 px (not the default processor's 224) gets 96 px inputs and equals diffusers (before
+    the fix the encoder refused the 224 px input)."""
+    from mmseg_gate.testing.tiny_models import TINY_IMAGE_ENCODER, _save_ip_adapter
+    _save_ip_adapter(tiny / 'sd', tmp_path, seed=11, encoder_cfg=dict(TINY_IMAGE_ENCODER, image_size=96))
+    adapter = dict(path=str(tmp_path / 'ip-adapter_tiny.safetensors'), image_encoder=str(tmp_path / 'image_encoder'),
+                   scale=0.7)
+    m = build(backbone_cfg(tiny, amalgamation=None, branches=[dict(name='ip', ip_adapters=[adapter])]))
+    ours = m.extract(image)
+    for level, r in enumerate(crop(reference(tiny, padded(image), image_uint8, 0.7, tmp_path), image)):
+        torch.testing.assert_close(ours[level][0], r, atol=1e-4, rtol=1e-3)
+    assert [p.crop_size for p in m.ip.image_processors] == [dict(height=96, width=96)]
 
 
 def test_other_branches_are_unchanged_by_an_ip_adapter(tiny, image, with_ip):

@@ -47,6 +47,11 @@ def sdxl_reference(tiny, image, image_uint8, lora=None, controlnet=False, t=50):
         pipe.unet(noisy, t, encoder_hidden_states=emb, added_cond_kwargs=added, **kwargs)
         for hook in hooks:
             hook.remove()
+    return on_grids(out, h, w)
+
+
+def on_grids(out, h, w):
+    """The hooked tap outputs in LEVELS order, tokens laid on their grids by hand."""
     maps = []
     for name in LEVELS:
         o, s = out[name], STRIDES[name]
@@ -106,3 +111,44 @@ def test_sdxl_vae_runs_in_fp32_when_fp16_would_overflow(tiny, tmp_path):
     m = build(backbone_cfg(tiny, pretrained=str(tiny / 'sdxl'), dtype='fp16', amalgamation=None,
                            taps=('up_blocks.1.upsamplers.0',), vae=str(tmp_path / 'vae')))
     assert m.frozen_modules().vae.dtype == torch.float16
+
+
+def test_sdxl_denoising_from_equals_diffusers_img2img(tiny, image):
+    """SDXL's folder scheduler is Euler: diffusers' SDXL img2img (get_timesteps with its begin index,
+    Euler's add_noise, scale_model_input and step with the scheduler's own timesteps), then the taps.
+    Before the fix the backbone passed Python ints to Euler's step(), which raises."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+    m = build(backbone_cfg(tiny, pretrained=str(tiny / 'sdxl'), taps=TAPS, amalgamation=None,
+                           branches=[dict(name='denoised', denoising_from=60)]))
+    assert type(m.denoiser.scheduler).__name__ == 'EulerDiscreteScheduler'
+    ours = m.extract(image)
+    base = StableDiffusionXLPipeline.from_pretrained(str(tiny / 'sdxl'))
+    pipe = StableDiffusionXLImg2ImgPipeline.from_pipe(base)
+    h, w = image.shape[-2:]
+    with torch.no_grad():
+        emb, _, pooled, _ = pipe.encode_prompt('a photo', device='cpu', num_images_per_prompt=1,
+                                               do_classifier_free_guidance=False)
+        time_ids = base._get_add_time_ids((h, w), (0, 0), (h, w), dtype=emb.dtype,
+                                          text_encoder_projection_dim=base.text_encoder_2.config.projection_dim)
+        added = dict(text_embeds=pooled, time_ids=time_ids)
+        latents = pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
+        noise = torch.randn((1, *latents.shape[1:]), generator=torch.Generator().manual_seed(0))
+        pipe.scheduler.set_timesteps(1000)  # a span of 10 <= 50: the 1000-step schedule
+        timesteps, _ = pipe.get_timesteps(1000, 60 / 1000, 'cpu')  # sets Euler's begin index
+        timesteps = [ts for ts in timesteps if ts >= 50]
+        x = pipe.scheduler.add_noise(latents, noise, timesteps[0].reshape(1))
+        for ts in timesteps[:-1]:
+            pred = pipe.unet(pipe.scheduler.scale_model_input(x, ts), ts, encoder_hidden_states=emb,
+                             added_cond_kwargs=added).sample
+            x = pipe.scheduler.step(pred, ts, x).prev_sample
+        modules = dict(pipe.unet.named_modules())
+        out = {}
+        hooks = [modules[n].register_forward_hook(lambda mod, a, o, n=n: out.__setitem__(n, o)) for n in TAPS]
+        pipe.unet(pipe.scheduler.scale_model_input(x, timesteps[-1]), timesteps[-1], encoder_hidden_states=emb,
+                  added_cond_kwargs=added)
+        for hook in hooks:
+            hook.remove()
+    assert m.plans[0].steps == tuple(int(ts) for ts in timesteps[:-1]) and m.timesteps == [int(timesteps[-1])]
+    assert len(timesteps) > 2  # several Euler steps were run
+    for level, r in enumerate(on_grids(out, h, w)):
+        torch.testing.assert_close(ours[level][0], r, atol=1e-4, rtol=1e-3)

@@ -51,7 +51,9 @@ class GATEDiffusionBackbone(BaseModule):
         prompt: default prompt of every branch without its own.
         timestep: the scheduler's training timestep t (0..999): the latents are noised to
             alpha_bar[t] and the UNet gets t. The authors' "t=50" went through PNDM's img2img
-            timesteps (``steps_offset=1``) and landed on 51, which the GATE configs use.
+            timesteps (``steps_offset=1``) and landed on 51, which the GATE configs use. With
+            ``denoising_from`` it is where the denoising stops, moved to the first scheduled timestep
+            not below it if the schedule lacks it (logged once at build).
         taps: UNet module names whose outputs are the features, in any order and at any depth:
             feature maps (upsamplers, resnets, ``attentions.N``) or tokens (transformer blocks,
             ``attn1``/``attn2`` and their projections, ``ff``), which are laid back on their latent
@@ -61,8 +63,14 @@ class GATEDiffusionBackbone(BaseModule):
         attention: cross-attention maps as one more feature (:class:`CrossAttentionMaps`):
             ``dict(layers='up_cross', strides=(32, 16), average_layers=True, stride=8)`` are the
             authors' (154 channels at 1/8 for SD1.5); only those layers give up fused attention.
-            The feature is a level of its own, or joins the taps of its stride with
-            ``merge_same_stride``.
+            Its channels are one block of text tokens (77) per query grid, or per layer with
+            ``average_layers=False``, coarsest grid first whatever the order of ``strides`` (the
+            authors': 1/32's 77, then 1/16's 77). Its level sits among the tap levels by its output
+            ``stride``, after the taps of that stride: with ``merge_same_stride=False`` a level of its
+            own right after the tap level(s) of its stride (SD1.5's GATE taps + the authors' maps:
+            1/8 tap, maps at 1/8, 1/16, 1/32, ``in_channels=[640, 154, 1280, 1280]``), with ``True``
+            its channels follow those taps' channels in their level (``[640 + 154, 1280, 1280]``).
+            Both decide the head's ``in_channels``.
         dtype: 'fp32' | 'fp16' | 'bf16' for the frozen parts (fp32 on CPU).
         noise: the noise policy (:mod:`.noise`): ``'gate'`` (default, the authors' training: fresh
             posterior sample and noise per branch and step while training; seeded per branch in
@@ -77,9 +85,13 @@ class GATEDiffusionBackbone(BaseModule):
             resized bilinearly and the control images are made from an antialiased bicubic resize
             of the pixels (as the authors' PIL path). Features are brought back to the input's
             1/stride grid. ``None`` (default): no resize.
-        denoising_from: noise to this timestep instead and run the scheduler's img2img steps down to
-            the extraction timestep with each branch's conditioning before extracting (the authors'
-            ``denoising_from``, :mod:`.denoising`); per branch too. Deterministic in eval.
+        denoising_from: run diffusers' img2img with strength ``denoising_from / 1000`` before
+            extracting (the authors' ``denoising_from``, :mod:`.denoising`; per branch too): the latents
+            are noised to img2img's first timestep, which need not be this value (PNDM from 60 starts
+            at 61, DDIM from 150 at 141), and the scheduler steps with each branch's conditioning down
+            to the first scheduled timestep not below ``timestep``, where the features are taken and
+            which the UNet is given (``timestep=55, denoising_from=200``: 61, logged once at build).
+            Deterministic in eval.
         denoising_scheduler: a diffusers scheduler class for those steps (default: the folder's).
         mean, std: the data preprocessor's normalisation, undone here.
         amalgamation: kwargs of :class:`Amalgamation`, or ``None`` to return a single branch's raw
@@ -296,9 +308,10 @@ class GATEDiffusionBackbone(BaseModule):
 
     def _extract(self, img: torch.Tensor) -> list[list[torch.Tensor]]:
         sd, timed = self.sd, self.stage_timer or no_timer
-        b, _, h, w = img.shape
         with timed('vae'):
+            # checks the shape first: a clear error, not a failed unpacking
             x, pixels = prepare_images(img, self.mean, self.std, self.unet_input_scale, sd.pad_multiple)
+            b, _, h, w = img.shape
             self.heap.start(x, sd.vae)
             self.heap.release()
             mean, std = sd.encode_posterior(x)

@@ -24,6 +24,9 @@ def prepare_images(img: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, sca
                    pad_multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised input -> (SD input in [-1, 1], 0..255 pixels for the control images), resized by
     ``scale`` if set and padded to a multiple of ``pad_multiple``."""
+    if img.ndim == 3:
+        raise ValueError(f'GATEDiffusionBackbone expects a batch [B, 3, H, W], got one image of shape '
+                         f'{tuple(img.shape)}: add the batch dimension, e.g. img.unsqueeze(0)')
     if img.ndim != 4 or img.shape[1] != 3:
         raise ValueError(f'GATEDiffusionBackbone expects [B, 3, H, W] RGB images, got shape '
                          f'{tuple(img.shape)}; convert grey/RGBA inputs to 3 channels in the pipeline')

@@ -4,8 +4,8 @@ The IP-Adapter files of all branches are loaded together with diffusers' own UNe
 (``_load_ip_adapter_weights``: image projection + decoupled cross-attention processors) on the one
 shared UNet; each UNet call sets the processors' per-adapter scales of its branches (0 for an
 adapter a branch does not use: its attention then equals plain cross-attention). The CLIP image
-encoders run once per forward on the input, preprocessed by transformers' ``CLIPImageProcessor``
-as diffusers' ``load_ip_adapter`` does.
+encoders run once per forward on the input, each preprocessed by transformers' ``CLIPImageProcessor``
+sized to its own ``config.image_size`` as diffusers' ``load_ip_adapter`` makes it (224 for h94's).
 """
 from __future__ import annotations
 
@@ -72,7 +72,10 @@ class IPAdapters:
                 CLIPVisionModelWithProjection.from_pretrained, path, 'CLIP image encoder', dtype=dtype,
                 **hub_kwargs).requires_grad_(False).eval()
         self.adapter_encoder = [self.encoder_paths.index(encoder_of[p]) for p in self.paths]
-        self.image_processor = CLIPImageProcessor()  # what load_ip_adapter makes when a pipeline has none
+        # per encoder, what load_ip_adapter makes when a pipeline has none: resize and crop to the
+        # encoder's own input size (a default 224 processor breaks an encoder of another size)
+        self.image_processors = [CLIPImageProcessor(size=e.config.image_size, crop_size=e.config.image_size)
+                                 for e in self.encoders.values()]
         self.branch_scales = [tuple(next((float(a.get('scale', 1.0)) for a in adapters if a['path'] == p), 0.0)
                                     for p in self.paths) for adapters in branch_adapters]
         self._set = None
@@ -110,9 +113,9 @@ class IPAdapters:
     def image_embeds(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """Per adapter ``[B, 1, D]``: the CLIP image embedding of each input (0..255 pixels)."""
         images = [p.round().clamp(0, 255).to(torch.uint8).cpu() for p in pixels]
-        inputs = self.image_processor(images=images, return_tensors='pt').pixel_values
         embeds = []
-        for encoder in self.encoders.values():
+        for encoder, processor in zip(self.encoders.values(), self.image_processors):
+            inputs = processor(images=images, return_tensors='pt').pixel_values
             param = next(encoder.parameters())
             embeds.append(encoder(inputs.to(param.device, param.dtype)).image_embeds)
         return [embeds[i][:, None] for i in self.adapter_encoder]
