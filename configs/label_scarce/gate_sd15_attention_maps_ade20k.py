@@ -15,7 +15,7 @@ model = dict(
         branches=[
             dict(name='prompt'),
             dict(name='prompt_lora_a_canny', loras=[dict(path='checkpoints/lora/ade20k_a.safetensors')],
-                 controlnets=[canny], denoising_from=60),   # img2img steps 60 -> 51, then the features
+                 controlnets=[canny], denoising_from=60),   # img2img steps 61 -> 51 (PNDM starts at 61), then the features
             dict(name='prompt_lora_b_canny', loras=[dict(path='checkpoints/lora/ade20k_b.safetensors')],
                  controlnets=[canny], denoising_from=60),
         ]),
