@@ -17,6 +17,7 @@ split_seed = 0                     # the paper's random split; tools/label_scarc
 norm_cfg = dict(type='BN', requires_grad=True)
 canny = dict(path=controlnet_path, condition='canny', scale=1.0, condition_cfg=dict(low_threshold=100, high_threshold=200))
 model = dict(
+    data_preprocessor=dict(size=sd_size),  # training batches are stacked at SD's input size (mmseg needs one)
     backbone=dict(
         pretrained=sd_path,
         prompt=prompt,

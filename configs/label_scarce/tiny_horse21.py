@@ -1,15 +1,16 @@
 # gate_sd15_horse21.py on the tiny random SD assets and a synthetic Horse-21 twin (64 px): the same code paths,
-# a 2-core CPU runs it in seconds. Assets: python tools/make_tiny_sd.py; data: python tools/cache_features.py
-# --make-tiny-data data/demo (or mmseg_gate.testing.synthetic_data.make_ddpm_segmentation_like).
+# a 2-core CPU runs it in a minute. Assets: python tools/make_tiny_sd.py; data (data/demo/horse_21/real):
+# python -c "from mmseg_gate.testing.synthetic_data import make_ddpm_segmentation_like as m; m('data/demo')"
 _base_ = ['./gate_sd15_horse21.py']
 data_root = 'data/demo/horse_21/real'
+tiny_size = (64, 64)
 canny = dict(path='data/tiny_sd/controlnet-canny', condition='canny', scale=1.0)
 model = dict(
+    data_preprocessor=dict(size=tiny_size),
     backbone=dict(pretrained='data/tiny_sd/sd', dtype='fp32',  # fp32: CPUs without bf16 instructions
                   branches=[dict(name='prompt'), dict(name='prompt_canny', controlnets=[canny])],
                   amalgamation=dict(hidden_channels=16)),
     decode_head=dict(in_channels=[64 + 154, 64, 64], num_models=4, pixels_per_image=256))
-tiny_size = (64, 64)
 cache_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=tiny_size, keep_ratio=False),
                   dict(type='PackSegInputs')]
 train_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=tiny_size, keep_ratio=False),

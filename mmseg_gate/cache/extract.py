@@ -31,6 +31,10 @@ def write_feature_cache(cfg: Config, out: str, splits=('train', 'val', 'test'), 
     if dtype not in DTYPES:
         raise ValueError(f'dtype={dtype!r}: use one of {sorted(DTYPES)}')
     import mmseg_gate  # noqa: F401  (registers the backbone)
+    from mmengine.registry import init_default_scope
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))  # the pipelines' transforms, as under the Runner
     backbone_cfg = copy.deepcopy(cfg.model.backbone)
     noise = backbone_cfg.get('noise', 'gate')
     if noise in ('gate', 'random'):

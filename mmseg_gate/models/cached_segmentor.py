@@ -32,14 +32,18 @@ class CachedFeaturePreprocessor(BaseDataPreprocessor):
 
     def forward(self, data: dict, training: bool = False) -> dict:
         data = self.cast_data(data)
-        samples = data['inputs']
+        # the collate functions transpose the per-sample level lists: inputs[level] is the batch's list of
+        # [branches, C, h, w] tensors (pseudo_collate) or already a [B, branches, C, h, w] tensor (default_collate)
         levels = []
-        for i in range(len(samples[0])):
-            shapes = {tuple(s[i].shape) for s in samples}
+        for i, level in enumerate(data['inputs']):
+            if isinstance(level, torch.Tensor):
+                levels.append(level.float())
+                continue
+            shapes = {tuple(s.shape) for s in level}
             if len(shapes) > 1:
                 raise ValueError(f'cached level {i} has different sizes in one batch {sorted(shapes)}: resize the '
                                  'images to one size in cache_pipeline, or use batch_size=1')
-            levels.append(torch.stack([s[i] for s in samples]).float())
+            levels.append(torch.stack(list(level)).float())
         return dict(inputs=levels, data_samples=data.get('data_samples'))
 
 
@@ -67,7 +71,8 @@ class CachedFeatures(BaseModule):
         return dict(self.meta.get('gate_frozen') or {})
 
     def forward(self, levels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        feats = [list(lv.unbind(1)) for lv in levels]  # [level][branch] as extract() gives them
+        # [level][branch] as extract() gives them: contiguous [B, C, h, w] (a strided view is slow on CPU)
+        feats = [[b.contiguous() for b in lv.unbind(1)] for lv in levels]
         if self.amalgamation is None:
             return [torch.cat(f, 1) if len(f) > 1 else f[0] for f in feats]
         return self.amalgamation(feats)
