@@ -12,7 +12,8 @@ CONFIGS = sorted(p for p in (REPO / 'configs').rglob('*.py') if '_base_' not in 
 @pytest.mark.parametrize('path', CONFIGS, ids=[str(p.relative_to(REPO / 'configs')) for p in CONFIGS])
 def test_config_parses(path):
     cfg = Config.fromfile(str(path))
-    assert cfg.model.type in ('EncoderDecoder', 'CaptionEncoderDecoder', 'StableDiffusionLoRA')
+    assert cfg.model.type in ('EncoderDecoder', 'CaptionEncoderDecoder', 'StableDiffusionLoRA',
+                              'CachedFeatureEncoderDecoder')
 
 
 def test_tiny_sdxl_demo_head_matches_its_backbone(tiny):
