@@ -1,15 +1,15 @@
 """The LoRA technique end to end: extraction from merged models, training through mmengine."""
+import random
 import re
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from conftest import backbone_cfg, build
 from test_features_match_diffusers import crop, padded, reference_features
-from test_tools_e2e import config, run, tool, workspace  # noqa: F401  (workspace: a fixture)
+from test_tools_e2e import assert_resumed_exactly, config, kill_then_resume, run, tool, workspace  # noqa: F401
+# (workspace: a fixture)
 
 
 @pytest.fixture(scope='module')
@@ -90,9 +90,9 @@ def _losses(log):
 
 def test_lora_training_config_end_to_end(tiny, workspace):  # noqa: F811
     wd = workspace / 'work_dirs' / 'lora'
-    opts = ['--cfg-options', 'log_processor.window_size=1', 'default_hooks.logger.interval=1']
+    opts = ['log_processor.window_size=1', 'default_hooks.logger.interval=1']
     _, log = run(workspace, sys.executable, tool('train.py'), config('demo/lora_tiny_ade20k.py'), '--work-dir',
-                 str(wd), *opts)
+                 str(wd), '--cfg-options', *opts)
     losses = _losses(log)
     assert len(losses) == 40
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
@@ -107,18 +107,12 @@ def test_lora_training_config_end_to_end(tiny, workspace):  # noqa: F811
     tuned = build(backbone_cfg(tiny, amalgamation=None, branches=[dict(name='l', loras=[dict(path=str(lora))])])).eval()
     img = torch.rand(1, 3, 64, 64) * 2 - 1
     assert not torch.allclose(plain.extract(img)[0][0], tuned.extract(img)[0][0], atol=1e-4)
-    # killed after iteration 20's checkpoint, --resume continues to the end
+    # killed with SIGKILL after a random iteration past the checkpoint of iteration 20, --resume ends
+    # bitwise as the uninterrupted run: noise, timesteps and posterior samples draw from torch's generator
     part = workspace / 'work_dirs' / 'lora_killed'
-    base = [sys.executable, tool('train.py'), config('demo/lora_tiny_ade20k.py'), '--work-dir', str(part)]
-    proc = subprocess.Popen(base, cwd=workspace, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline, last_ckpt = time.time() + 240, part / 'last_checkpoint'
-    while time.time() < deadline and not (last_ckpt.exists() and last_ckpt.read_text().strip().endswith('iter_20.pth')):
-        time.sleep(0.05)
-    import os
-    import signal
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (part / 'lora.safetensors').exists(), 'the run finished before it was killed'
-    _, log = run(workspace, *base, '--resume', *opts)
-    assert 'resumed' in log.lower() and len(_losses(log)) == 20 and (part / 'lora.safetensors').exists()
+    kill_after = random.Random(21).randint(21, 39)
+    killed_log, resumed_log = kill_then_resume(workspace, config('demo/lora_tiny_ade20k.py'), part, kill_after, opts)
+    assert_resumed_exactly(wd, part, 40, log, resumed_log, killed_log, 20)
+    from safetensors.torch import load_file
+    written, want = load_file(part / 'lora.safetensors'), load_file(lora)
+    assert written.keys() == want.keys() and all(torch.equal(written[k], want[k]) for k in want)

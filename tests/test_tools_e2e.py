@@ -1,12 +1,12 @@
 """End to end through tools/train.py, tools/test.py, dist_train.sh and mmseg's own train.py, on the tiny
 assets and synthetic data in the real ADE20K / Cityscapes layouts."""
 import os
+import random
 import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +54,25 @@ def miou(out):
     return float(found[-1])
 
 
+# the demo's schedule, shortened: checkpoints after 2, 4 and 5, validation at the end, every loss logged
+# (test_killed_run_resumes_to_the_same_weights resumes a killed twin of this run)
+RESUMABLE = ['train_cfg.max_iters=5', 'train_cfg.val_interval=5', 'default_hooks.checkpoint.interval=2',
+             'param_scheduler.0.end=5', 'default_hooks.logger.interval=1', 'log_processor.window_size=1']
+
+
 @pytest.fixture(scope='module')
-def ade_checkpoint(workspace):
+def ade_run(workspace):
+    """The tiny ADE20K demo through tools/train.py: (work_dir, log)."""
     wd = workspace / 'work_dirs' / 'ade'
     _, out = run(workspace, sys.executable, tool('train.py'), config('demo/gate_tiny_ade20k.py'), '--work-dir', str(wd),
-                 '--cfg-options', *SHORT)
+                 '--cfg-options', *RESUMABLE)
     assert 0 <= miou(out) <= 100
-    return wd / 'iter_2.pth'
+    return wd, out
+
+
+@pytest.fixture(scope='module')
+def ade_checkpoint(ade_run):
+    return ade_run[0] / 'iter_5.pth'
 
 
 def test_tiny_sdxl_demo_trains_and_tests(workspace):
@@ -161,15 +173,30 @@ def test_swap_recipe_on_mmseg_upernet_config(workspace):
     assert (workspace / 'work_dirs' / 'swap' / 'iter_1.pth').exists()
 
 
-def test_ddp_two_processes_gloo(workspace):
+def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+# two processes: checkpoints after 2 and 4, every loss logged
+DDP_RESUME = ['train_cfg.max_iters=4', 'train_cfg.val_begin=100', 'default_hooks.checkpoint.interval=2',
+              'param_scheduler.0.end=4', 'default_hooks.logger.interval=1', 'log_processor.window_size=1']
+
+
+@pytest.fixture(scope='module')
+def ddp_run(workspace):
+    """The tiny demo, 4 iterations in two processes (gloo on CPUs) through dist_train.sh."""
     wd = workspace / 'work_dirs' / 'ddp'
     _, out = run(workspace, 'bash', tool('dist_train.sh'), config('demo/gate_tiny_ade20k.py'), '2', '--work-dir', str(wd),
-                 '--cfg-options', *SHORT, env={'PORT': str(port)})
+                 '--cfg-options', *DDP_RESUME, env={'PORT': str(free_port())})
+    return wd, out
+
+
+def test_ddp_two_processes_gloo(ddp_run):
+    wd, out = ddp_run
     assert 'Distributed training: True' in out
-    assert (wd / 'iter_2.pth').exists()
+    assert (wd / 'iter_4.pth').exists()
 
 
 def test_missing_data_root_fails_fast(workspace):
@@ -178,44 +205,127 @@ def test_missing_data_root_fails_fast(workspace):
     assert code != 0 and "data_root='data/nowhere' does not exist" in out
 
 
-def _final_weights(path):
+KILL_HOOK = '''"""Test helper: SIGKILL this process right after training iteration N (and its checkpoint)."""
+import os
+import signal
+
+from mmengine.hooks import Hook
+from mmseg.registry import HOOKS
+
+
+@HOOKS.register_module()
+class KillAfterIteration(Hook):
+    priority = 'LOWEST'  # after CheckpointHook
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.iter + 1 == self.iteration:
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def killed_config(ws, base, iteration):
+    """``base`` plus a hook that SIGKILLs each training process after ``iteration`` (its own hooks kept);
+    run it with :func:`kill_env`."""
+    from mmengine.config import Config
+    (ws / 'kill_after.py').write_text(KILL_HOOK)
+    hooks = Config.fromfile(base).to_dict().get('custom_hooks', [])
+    path = ws / f'{Path(base).stem}_killed_after_{iteration}.py'
+    path.write_text(f"_base_ = [{base!r}]\n"
+                    "custom_imports = dict(imports=['mmseg_gate', 'kill_after'], allow_failed_imports=False)\n"
+                    f"custom_hooks = {hooks + [dict(type='KillAfterIteration', iteration=iteration)]!r}\n")
+    return str(path)
+
+
+def kill_env(ws):
+    return {'PYTHONPATH': os.pathsep.join(filter(None, [str(ws), os.environ.get('PYTHONPATH')]))}
+
+
+def logged_losses(log):
+    """{iteration: 'loss: ... ' (the loss and every logged loss/accuracy term)}, from LoggerHook lines."""
+    return {int(m.group(1)): m.group(2).strip()
+            for m in re.finditer(r'Iter\(train\) \[\s*(\d+)/\d+\].*?\s(loss: .*)$', log, re.M)}
+
+
+def _leaves(obj, prefix):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _leaves(v, f'{prefix}.{k}')
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _leaves(v, f'{prefix}.{i}')
+    else:
+        yield prefix, obj
+
+
+def checkpoint_differences(a, b):
+    """``{part: (tensors that differ, tensors, max abs difference)}`` for the state dict and the optimizer
+    state of two checkpoints (non-tensor entries, e.g. learning rates, must be equal)."""
     from mmseg_gate.checkpoint_compat import load_runner_checkpoint
-    return load_runner_checkpoint(str(path), map_location='cpu')['state_dict']
+    ca, cb = (load_runner_checkpoint(str(p), map_location='cpu') for p in (a, b))
+    out = {}
+    for part in ('state_dict', 'optimizer'):
+        la, lb = dict(_leaves(ca[part], part)), dict(_leaves(cb[part], part))
+        assert la.keys() == lb.keys(), part
+        tensors = [k for k in la if torch.is_tensor(la[k])]
+        assert {k: la[k] for k in la if k not in tensors} == {k: lb[k] for k in lb if k not in tensors}, part
+        diff = [k for k in tensors if not torch.equal(la[k], lb[k])]
+        worst = max([(la[k].double() - lb[k].double()).abs().max().item() for k in diff if la[k].numel()], default=0.0)
+        out[part] = (len(diff), len(tensors), worst)
+    return out
 
 
-def test_killed_run_resumes_to_the_same_weights(workspace):
-    # deterministic: no dropout, no random augmentation, seeded init
-    cfg = workspace / 'deterministic.py'
-    cfg.write_text(f"""_base_ = [{config('demo/gate_tiny_ade20k.py')!r}]
-# noise='fixed': the default policy draws fresh noise from torch's RNG, which a resume does not restore
-model = dict(decode_head=dict(dropout_ratio=0), auxiliary_head=dict(dropout_ratio=0),
-             backbone=dict(noise='fixed', amalgamation=dict(dropout=0)))
-train_dataloader = dict(batch_size=2, dataset=dict(pipeline=[
-    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='Resize', scale=(64, 64), keep_ratio=False), dict(type='PackSegInputs')]))
-train_cfg = dict(max_iters=6, val_interval=100)
-param_scheduler = [dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=6, by_epoch=False)]
-default_hooks = dict(checkpoint=dict(interval=2, max_keep_ckpts=5))
-""")
-    base = [sys.executable, tool('train.py'), str(cfg)]
-    full, part = workspace / 'work_dirs' / 'full', workspace / 'work_dirs' / 'killed'
-    run(workspace, *base, '--work-dir', str(full))
-    # the same run, killed once iteration 2's checkpoint is on disk
-    proc = subprocess.Popen([*base, '--work-dir', str(part)], cwd=workspace, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    last = part / 'last_checkpoint'
-    while time.time() < deadline and not (last.exists() and last.read_text().strip().endswith('iter_2.pth')):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (part / 'iter_6.pth').exists(), 'the run finished before it was killed'
-    _, out = run(workspace, *base, '--work-dir', str(part), '--resume')
-    assert 'resumed' in out.lower()
-    a, b = _final_weights(full / 'iter_6.pth'), _final_weights(part / 'iter_6.pth')
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], msg=k)
+def assert_resumed_exactly(full_dir, part_dir, last, full_log, resumed_log, killed_log, resumed_from):
+    assert 'random state restored' in resumed_log, resumed_log[-3000:]
+    diffs = checkpoint_differences(full_dir / f'iter_{last}.pth', part_dir / f'iter_{last}.pth')
+    assert all(n == 0 for n, _, _ in diffs.values()), diffs
+    full, resumed, killed = logged_losses(full_log), logged_losses(resumed_log), logged_losses(killed_log)
+    assert sorted(full) == list(range(1, last + 1)) and sorted(resumed) == list(range(resumed_from + 1, last + 1))
+    assert resumed == {i: full[i] for i in resumed}
+    assert killed == {i: full[i] for i in killed}
+
+
+def kill_then_resume(ws, base, part, kill_after, options, processes=None):
+    """Train ``base`` (through dist_train.sh with ``processes``) killed with SIGKILL after iteration
+    ``kill_after``, then ``--resume`` it: the two logs."""
+    def train(cfg, *args, env=None, check=True):
+        launch = ['bash', tool('dist_train.sh'), cfg, str(processes)] if processes else [sys.executable, tool('train.py'), cfg]
+        env = {**(env or {}), **({'PORT': str(free_port())} if processes else {})}
+        return run(ws, *launch, '--work-dir', str(part), *args, '--cfg-options', *options, env=env, check=check)
+    code, killed_log = train(killed_config(ws, base, kill_after), env=kill_env(ws), check=False)
+    killed = 'Signal 9 (SIGKILL) received' in killed_log if processes else code == -signal.SIGKILL  # torchrun: 1
+    assert killed and f'Iter(train) [{kill_after}/' in killed_log and \
+        f'Iter(train) [{kill_after + 1}/' not in killed_log, killed_log[-3000:]
+    _, resumed_log = train(base, '--resume')
+    return killed_log, resumed_log
+
+
+def test_killed_run_resumes_to_the_same_weights(workspace, ade_run):
+    """The tiny demo as shipped ('gate' noise: fresh noise and posterior samples per branch, dropout,
+    random resize/crop/flip), killed with SIGKILL after a random iteration past the first checkpoint,
+    then --resume: bitwise the uninterrupted run (weights, optimizer state, logged losses)."""
+    full, full_log = ade_run
+    part = workspace / 'work_dirs' / 'killed'
+    kill_after = random.Random(21).randint(3, 4)  # checkpoints after 2 and 4 (of 5)
+    killed_log, resumed_log = kill_then_resume(workspace, config('demo/gate_tiny_ade20k.py'), part, kill_after,
+                                               RESUMABLE)
+    assert_resumed_exactly(full, part, 5, full_log, resumed_log, killed_log, kill_after - kill_after % 2)
+
+
+def test_ddp_killed_run_resumes_to_its_uninterrupted_twin(workspace, ddp_run):
+    """Two processes, each with its own random state (rank 0 writes both): killed after iteration 3,
+    resumed from iteration 2's checkpoint, it ends as test_ddp_two_processes_gloo's run."""
+    full, full_log = ddp_run
+    part = workspace / 'work_dirs' / 'ddp_killed'
+    demo = config('demo/gate_tiny_ade20k.py')
+    kill_after = 3  # the only iteration between the checkpoints after 2 and 4
+    killed_log, resumed_log = kill_then_resume(workspace, demo, part, kill_after, DDP_RESUME, processes=2)
+    from mmseg_gate.checkpoint_compat import load_runner_checkpoint
+    saved = load_runner_checkpoint(str(part / 'iter_4.pth'))['random_state']
+    assert saved['world_size'] == 2 and all(r is not None for r in saved['ranks'])
+    assert_resumed_exactly(full, part, 4, full_log, resumed_log, killed_log, 2)
 
 
 def test_per_image_prompt_config_trains_and_tests(workspace):

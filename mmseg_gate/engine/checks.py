@@ -70,13 +70,24 @@ def provenance_differences(saved: dict, current: dict) -> list[str]:
 class GATECheckHook(Hook):
     """Checks head/backbone channel agreement before the first iteration (train, val or test), records
     in every checkpoint's ``meta`` what the frozen parts were built from, and warns when a checkpoint
-    is loaded into a model built from other files (e.g. a retrained LoRA under the same name)."""
+    is loaded into a model built from other files (e.g. a retrained LoRA under the same name).
+
+    Args:
+        random_state: also register a :class:`~mmseg_gate.engine.random_state.RandomStateHook` (unless
+            the runner has one), so checkpoints carry the random state and ``--resume`` is exact.
+    """
 
     priority = 'VERY_HIGH'
     META_KEY = 'gate_frozen'
 
+    def __init__(self, random_state: bool = True) -> None:
+        self.random_state = random_state
+
     def before_run(self, runner) -> None:
         check_head_channels(runner.model)
+        if self.random_state:
+            from .random_state import ensure_random_state_hook
+            ensure_random_state_hook(runner)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         backbone = _gate_backbone(runner.model)

@@ -158,6 +158,8 @@ class StableDiffusionLoRA(BaseModel):
         dtype = unet.dtype
         b = inputs.shape[0]
         prompts = [(getattr(s, 'caption', None) or '') if s is not None else '' for s in (data_samples or [None] * b)]
+        # posterior sample, noise and timesteps: torch's global generator of the device (RandomStateHook
+        # saves and restores it with checkpoints); no private generator
         with torch.no_grad():
             latents = vae.encode(inputs.to(dtype)).latent_dist.sample().float() * vae.config.scaling_factor
             noise = torch.randn_like(latents)
@@ -185,12 +187,23 @@ def _unwrap(model: nn.Module) -> nn.Module:
 @HOOKS.register_module()
 class SaveLoRAHook(Hook):
     """Writes the adapter as ``<work_dir>/<name>_iter_<N>.safetensors`` with every checkpoint and
-    ``<work_dir>/<name>.safetensors`` at the end of training (rank 0 only)."""
+    ``<work_dir>/<name>.safetensors`` at the end of training (rank 0 only).
+
+    With ``random_state=True`` it also registers a :class:`~mmseg_gate.engine.random_state.RandomStateHook`
+    (unless the runner has one): the posterior samples, noise and timesteps of the loss come from
+    torch's global generators, whose state checkpoints then carry, so ``--resume`` continues exactly.
+    """
 
     priority = 'LOW'
 
-    def __init__(self, name: str = 'lora') -> None:
+    def __init__(self, name: str = 'lora', random_state: bool = True) -> None:
         self.name = name
+        self.random_state = random_state
+
+    def before_run(self, runner) -> None:
+        if self.random_state:
+            from ..engine.random_state import ensure_random_state_hook
+            ensure_random_state_hook(runner)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         iteration = checkpoint.get('meta', {}).get('iter', runner.iter)  # the checkpoint's name: iter_<N>.pth
