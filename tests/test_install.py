@@ -146,3 +146,14 @@ def test_missing_cuda_ops_fail_with_the_rebuild_command(monkeypatch):
     mmcv_ops.check_mmcv_cuda_ops(nn.Conv2d(1, 1, 1), 'cuda')        # nothing needs mmcv kernels
     monkeypatch.setattr(mmcv_ops, 'mmcv_has_cuda_ops', lambda: True)
     mmcv_ops.check_mmcv_cuda_ops(_FocalHead(), 'cuda')
+
+
+def test_gate_check_hook_runs_the_cuda_ops_check(monkeypatch):
+    from types import SimpleNamespace
+
+    from mmseg_gate.engine import checks
+    seen = []
+    monkeypatch.setattr(checks, 'check_mmcv_cuda_ops', seen.append)
+    model = _FocalHead()
+    checks.GATECheckHook(random_state=False).before_run(SimpleNamespace(model=model))
+    assert seen == [model]

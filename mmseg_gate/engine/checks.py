@@ -9,6 +9,8 @@ from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 from torch import nn
 
+from ..utils.mmcv_ops import check_mmcv_cuda_ops
+
 
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
@@ -85,6 +87,7 @@ class GATECheckHook(Hook):
 
     def before_run(self, runner) -> None:
         check_head_channels(runner.model)
+        check_mmcv_cuda_ops(runner.model)  # a CPU-ops mmcv with a head that needs its CUDA kernels
         if self.random_state:
             from .random_state import ensure_random_state_hook
             ensure_random_state_hook(runner)
