@@ -131,8 +131,7 @@ class RandomStateHook(Hook):
         return self._val_stash if self._val_stash is not None else capture_random_state()
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        rank, world = _dist()
-        if world > 1:  # only rank 0 writes checkpoints: it needs every rank's state
+        if _dist()[1] > 1:  # only rank 0 writes checkpoints: it needs every rank's state
             from mmengine.dist import all_gather_object
             self._gathered = all_gather_object(self._training_state())
 
@@ -196,7 +195,8 @@ class RandomStateHook(Hook):
         for problem in restore_random_state(state):
             _warn(f'Resume: {problem}; those generators keep their fresh state (not exact)')
         kinds = ', '.join(k for k in ('torch', 'cuda', 'numpy', 'python') if state.get(k) is not None)
-        print_log(f'Resume: random state restored ({kinds}), as an uninterrupted run would have it', 'current')
+        print_log(f'Resume: random state restored from the checkpoint ({kinds}) before the first resumed batch',
+                  'current')
 
     @staticmethod
     def _state_of_this_rank(saved: dict | None) -> dict | None:
