@@ -18,6 +18,7 @@ from mmseg_gate.checkpoint_compat import load_runner_checkpoint
 from mmseg_gate.engine import GATECheckHook
 from mmseg_gate.engine.random_state import (CHECKPOINT_KEY, RandomStateHook, capture_random_state,
                                             restore_random_state)
+from test_tools_e2e import _leaves  # flattens a checkpoint part into (dotted key, leaf) pairs
 
 MAX_ITERS = 8
 
@@ -90,17 +91,6 @@ def differing(a, b):
         out += [k for k in flat_a if not (torch.equal(flat_a[k], flat_b[k]) if torch.is_tensor(flat_a[k])
                                           else flat_a[k] == flat_b[k])]
     return out
-
-
-def _leaves(obj, prefix):
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _leaves(v, f'{prefix}.{k}')
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _leaves(v, f'{prefix}.{i}')
-    else:
-        yield prefix, obj
 
 
 def test_state_is_plain_and_round_trips():
