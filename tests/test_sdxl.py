@@ -120,7 +120,7 @@ def test_sdxl_denoising_from_equals_diffusers_img2img(tiny, image):
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
     m = build(backbone_cfg(tiny, pretrained=str(tiny / 'sdxl'), taps=TAPS, amalgamation=None,
                            branches=[dict(name='denoised', denoising_from=60)]))
-    assert type(m.denoiser.scheduler).__name__ == 'EulerDiscreteScheduler'
+    assert type(m.img2img.scheduler).__name__ == 'EulerDiscreteScheduler'
     ours = m.extract(image)
     base = StableDiffusionXLPipeline.from_pretrained(str(tiny / 'sdxl'))
     pipe = StableDiffusionXLImg2ImgPipeline.from_pipe(base)

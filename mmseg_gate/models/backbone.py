@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Sequence
 
 import torch
@@ -16,7 +17,7 @@ from .branch_batching import BASE_ADAPTER, lora_layers, mixed_adapter_batch, pla
 from .branches import AdapterRegistry, parse_branches
 from .controlnets import BranchInput, batch_residuals, controlnet_residuals, load_controlnets, take_residuals
 from .denoising import plan_branches
-from .families import TextCondition
+from .families import TextCondition, check_family_options
 from .geometry import prepare_images, sd_size, to_input_grid
 from .inference_blocks import chunk_feed_forward
 from .ip_adapter import IPAdapters
@@ -54,7 +55,11 @@ class GATEDiffusionBackbone(BaseModule):
             timesteps (``steps_offset=1``) and landed on 51, which the GATE configs use. With
             ``denoising_from`` it is where the denoising stops, moved to the first scheduled timestep
             not below it if the schedule lacks it (logged once at build).
-        taps: UNet module names whose outputs are the features, in any order and at any depth:
+        sigma: flow-matching families (SD3/SD3.5) only: noise every branch to this sigma (``x_t = (1 - sigma)
+            x_0 + sigma n``, the denoiser gets ``1000 sigma``) instead of mapping ``timestep`` the authors' way
+            (img2img at strength ``t / 1000`` through the model's shifted 28-step schedule, first step:
+            SD3's shift 3 gives sigma 0.111 for t=50; :mod:`.flow_matching`).
+        taps: denoiser module names whose outputs are the features, in any order and at any depth:
             feature maps (upsamplers, resnets, ``attentions.N``) or tokens (transformer blocks,
             ``attn1``/``attn2`` and their projections, ``ff``), which are laid back on their latent
             grid (:mod:`.taps`; ``tools/list_taps.py`` lists them). Levels are sorted by stride.
@@ -118,6 +123,8 @@ class GATEDiffusionBackbone(BaseModule):
             fp16 (without it an fp16 SDXL VAE runs in float32: it overflows in fp16).
         unet: another UNet (folder with ``config.json``, pipeline folder or hub id): a fine-tune
             (CleanDIFT, DreamBooth) with ``pretrained``'s VAE, text encoders and scheduler.
+        drop_text_encoders: optional text encoders not to load: ``('text_encoder_3',)`` drops SD3's T5 (4.7 B
+            parameters); its tokens are then zeros, as in diffusers without it.
         hub_kwargs: extra ``from_pretrained`` kwargs (``revision``, ``local_files_only``, ...).
     """
 
@@ -126,6 +133,7 @@ class GATEDiffusionBackbone(BaseModule):
                  branches: Sequence[dict] = (dict(name='basic'),),
                  prompt: str = '',
                  timestep: int = 50,
+                 sigma: float | None = None,
                  taps: Sequence[str] = GATE_TAPS,
                  merge_same_stride: bool = False,
                  attention: dict | None = None,
@@ -147,6 +155,7 @@ class GATEDiffusionBackbone(BaseModule):
                  release_cpu_memory: bool = True,
                  vae: str | None = None,
                  unet: str | None = None,
+                 drop_text_encoders: Sequence[str] = (),
                  hub_kwargs: dict | None = None,
                  init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
@@ -165,12 +174,14 @@ class GATEDiffusionBackbone(BaseModule):
         self.timesteps = [self.timestep if s.timestep is None else s.timestep for s in self.specs]
         self.heap = HeapTrimPolicy(release_cpu_memory)
         self._active_adapters: tuple | None = None  # unknown until the first switch
+        self._levels: dict = {}  # (timestep, tokens) -> noise level
         self.stage_timer = None  # a StageTimer to profile extract() (tools/benchmark.py)
         self.unet_input_scale = float(unet_input_scale) if unet_input_scale else None
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
-        sd = FrozenStableDiffusion(pretrained, resolve_dtype(dtype), vae=vae, unet=unet, **(hub_kwargs or {}))
+        sd = FrozenStableDiffusion(pretrained, resolve_dtype(dtype), vae=vae, unet=unet,
+                                   drop_text_encoders=drop_text_encoders, **(hub_kwargs or {}))
         # Not a registered submodule: frozen weights stay out of parameters(), state_dict(), the
         # optimizer and DDP; _apply() below still moves them with the model.
         object.__setattr__(self, 'sd', sd)
@@ -178,41 +189,45 @@ class GATEDiffusionBackbone(BaseModule):
         for spec, t in zip(self.specs, self.timesteps):
             if not 0 <= t < steps:
                 raise ValueError(f'timestep={t} (branch {spec.name!r}) is outside [0, {steps})')
-        self.denoiser, self.plans, self.timesteps = plan_branches(sd, self.specs, self.timesteps, denoising_from,
-                                                                  denoising_scheduler, self.noise_policy.mode)
+        check_family_options(sd.family, self.specs, denoising_from, attention, sigma)
+        self.img2img, self.plans, self.timesteps = plan_branches(sd, self.specs, self.timesteps, denoising_from,
+                                                                 denoising_scheduler, self.noise_policy.mode)
+        self.sigma = None if sigma is None else float(sigma)
         self.adapters = AdapterRegistry(self.specs, sd.family)
-        unet_config = sd.unet_config() if sd.family.name == 'sdxl' else None  # SGM-named SDXL LoRAs need it
+        denoiser_config = sd.denoiser_config() if sd.family.name == 'sdxl' else None  # SGM-named SDXL LoRAs need it
         for target in sd.text_encoders:
-            self.adapters.load(sd.text_encoders[target], target, unet_config)
+            self.adapters.load(sd.text_encoders[target], target, denoiser_config)
         self.prompts = BranchPrompts(sd, self.specs, self.adapters)
         if not keep_text_encoder:
             sd.release_text_encoder()
         sd.load_denoiser()
-        self.adapters.load(sd.unet, 'unet', sd.unet.config)
-        self._lora_params = [p for n, p in sd.unet.named_parameters() if 'lora_' in n]
-        self._lora_layers = lora_layers(sd.unet)
+        self.adapters.load(sd.denoiser, sd.family.denoiser, sd.denoiser.config)
+        self._lora_params = [p for n, p in sd.denoiser.named_parameters() if 'lora_' in n]
+        self._lora_layers = lora_layers(sd.denoiser)
         self.controlnet_index = load_controlnets(sd, self.specs, resolve_dtype(dtype), hub_kwargs or {})
         self.ip = IPAdapters.for_branches(sd, self.specs, attention, resolve_dtype(dtype), hub_kwargs or {})
         sd.requires_grad_(False).eval()  # again: peft adapters and ControlNets arrived after __init__
-        if release_cpu_memory and getattr(sd.unet, 'mid_block', None) is not None:
+        if release_cpu_memory and getattr(sd.denoiser, 'mid_block', None) is not None:
             # the down blocks' freed activations go too
-            sd.unet.mid_block.register_forward_pre_hook(self.heap.release)
+            sd.denoiser.mid_block.register_forward_pre_hook(self.heap.release)
         self.taps = tuple(taps)
-        self.tap_modules = find_modules(sd.unet, self.taps)
-        self.attention = None if attention is None else CrossAttentionMaps(sd.unet, **attention)
-        chunk_feed_forward(sd.unet, int(feed_forward_chunks), exclude=feed_forwards_tapped(sd.unet, self.taps))
+        self.tap_modules = find_modules(sd.denoiser, self.taps)
+        self.attention = None if attention is None else CrossAttentionMaps(sd.denoiser, **attention)
+        if sd.family.chunkable_feed_forwards:
+            chunk_feed_forward(sd.denoiser, int(feed_forward_chunks),
+                               exclude=feed_forwards_tapped(sd.denoiser, self.taps))
         if compile:
             sd.compile_static_parts(**(compile if isinstance(compile, dict) else {}))
-        # per branch its UNet adapters as ((adapter name, scale), ...)
-        self.unet_adapter_keys = [tuple(zip(*self.adapters.of(spec, 'unet'))) for spec in self.specs]
+        # per branch its denoiser adapters as ((adapter name, scale), ...)
+        self.adapter_keys = [tuple(zip(*self.adapters.of(spec, sd.family.denoiser))) for spec in self.specs]
         self.batch_branches = batch_branches
-        # branches share a UNet call when their LoRAs allow it (peft) and their IP-Adapter scales agree
+        # branches share a denoiser call when their LoRAs allow it (peft) and their IP-Adapter scales agree
         ip_keys = self.ip.branch_scales if self.ip else [()] * len(self.specs)
         self.branch_groups = []
         for key in dict.fromkeys(ip_keys):
             members = [i for i, k in enumerate(ip_keys) if k == key]
             self.branch_groups += [[members[j] for j in g] for g in
-                                   plan_branch_groups([self.unet_adapter_keys[i] for i in members], batch_branches)]
+                                   plan_branch_groups([self.adapter_keys[i] for i in members], batch_branches)]
         self.tap_info = self._probe_taps()
         self.levels = plan_levels(self.tap_info, merge_same_stride)
         in_channels = [sum(self.tap_info[i].channels for i in level) for level in self.levels]
@@ -230,23 +245,24 @@ class GATEDiffusionBackbone(BaseModule):
     # ----------------------------------------------------------------- build helpers
     @property
     def _exit_modules(self) -> list:
-        """The modules whose outputs end the UNet pass: the taps, and the attention-map layers."""
+        """The modules whose outputs end the denoiser pass: the taps, and the attention-map layers."""
         return self.tap_modules + ([] if self.attention is None else self.attention.layer_modules)
 
     @torch.no_grad()
     def _probe_taps(self):
-        """One tiny UNet pass on a non-square input to learn each tap's channels, stride and kind."""
-        m = self.sd.unet_scale_factor
-        latents = torch.zeros(1, self.sd.unet.config.in_channels, 2 * m, 3 * m, dtype=self.sd.dtype)
-        image_hw = (2 * m * self.sd.vae_scale_factor, 3 * m * self.sd.vae_scale_factor)
-        self._set_unet_adapters(())
-        text = self.prompts.fixed(0).to(self.sd.dtype)
-        kwargs = self.sd.family.unet_kwargs(text.pooled, image_hw)
+        """One tiny denoiser pass on a non-square input to learn each tap's channels, stride and kind."""
+        sd = self.sd
+        m = max(sd.latent_multiple, 4 // sd.latent_multiple)  # a DiT's 2x3 patches would be 6 tokens: take 4x6
+        latents = torch.zeros(1, sd.denoiser.config.in_channels, 2 * m, 3 * m, dtype=sd.dtype)
+        image_hw = (2 * m * sd.vae_scale_factor, 3 * m * sd.vae_scale_factor)
+        self._set_adapters(())
+        kwargs = sd.condition_kwargs(self.prompts.fixed(0).to(sd.dtype), image_hw)
         if self.ip is not None:
             self.ip.set_scales(tuple(0.0 for _ in self.ip.paths))
             kwargs = self.ip.with_image_embeds(kwargs, [self.ip.zero_embeds(1, latents)])
-        outs = run_until_taps(self.sd.unet, self._exit_modules, latents, self.timestep,
-                              encoder_hidden_states=text.hidden, return_dict=False, **kwargs)
+        t = torch.tensor([sd.family.model_timestep(self._noise_level(self.timestep, image_hw))])
+        outs = run_until_taps(sd.denoiser, self._exit_modules, latents, t, return_dict=False,
+                              select=sd.family.image_output, **kwargs)
         taps = probe_taps(self.taps, outs[:len(self.taps)], image_hw)
         return taps if self.attention is None else [*taps, self.attention.select(image_hw)]
 
@@ -261,13 +277,14 @@ class GATEDiffusionBackbone(BaseModule):
                    controlnets=sorted(self.controlnet_index), timestep=self.timestep, taps=list(self.taps),
                    dtype=str(self.sd.dtype).replace('torch.', ''))
         overrides = dict(unet=self.sd.unet_path, vae=self.sd.vae_path,  # only when set: older checkpoints match
+                         family=self.sd.family.name if self.sd.family.denoiser != 'unet' else None, sigma=self.sigma,
                          timesteps=self.timesteps if len(set(self.timesteps) | {self.timestep}) > 1 else None,
                          ip_adapters=self.ip and dict(self.ip.sha256),
-                         denoising_from=self.denoiser and [p and p.requested for p in self.plans])
+                         denoising_from=self.img2img and [p and p.requested for p in self.plans])
         return {**out, **{k: v for k, v in overrides.items() if v is not None}}
 
     def frozen_modules(self) -> FrozenStableDiffusion:
-        """The frozen SD stack (VAE, UNet with adapters, ControlNets)."""
+        """The frozen stack (VAE, denoiser with adapters, ControlNets)."""
         return self.sd
 
     def extra_repr(self) -> str:
@@ -279,17 +296,17 @@ class GATEDiffusionBackbone(BaseModule):
         self.prompts.set_prompts(prompts)
 
     # ----------------------------------------------------------------- forward
-    def _set_unet_adapters(self, key: tuple) -> None:
-        """Switch the shared UNet to the adapters ``key`` = ((name, scale), ...); no-op if already set."""
+    def _set_adapters(self, key: tuple) -> None:
+        """Switch the shared denoiser to the adapters ``key`` = ((name, scale), ...); no-op if already set."""
         if key == self._active_adapters or not self.adapters.names:
             self._active_adapters = key
             return
-        unet = self.sd.unet
+        denoiser = self.sd.denoiser
         if key:
-            unet.enable_lora()
-            unet.set_adapters([n for n, _ in key], weights=[s for _, s in key])
+            denoiser.enable_lora()
+            denoiser.set_adapters([n for n, _ in key], weights=[s for _, s in key])
         else:
-            unet.disable_lora()
+            denoiser.disable_lora()
         for p in self._lora_params:  # peft marks active adapters trainable; they are frozen here
             p.requires_grad_(False)
         self._active_adapters = key
@@ -315,40 +332,41 @@ class GATEDiffusionBackbone(BaseModule):
             self.heap.start(x, sd.vae)
             self.heap.release()
             mean, std = sd.encode_posterior(x)
-            levels = [t if plan is None else plan for t, plan in zip(self.timesteps, self.plans)]
-            add_noise = self.denoiser.noise_adder(sd) if self.denoiser else sd.add_noise
+            sd_hw = tuple(x.shape[-2:])
+            noise_levels = [self._noise_level(t, sd_hw) for t in self.timesteps]
+            levels = [level if plan is None else plan for level, plan in zip(noise_levels, self.plans)]
+            add_noise = self.img2img.noise_adder(sd) if self.img2img else sd.add_noise
             noisy = self.noise_policy.noisy_latents(  # one tensor per branch
                 mean, std, levels, self.training, add_noise)
             del mean, std
         sd_h, sd_w = sd_size(h, w, self.unet_input_scale)
-        unet_kwargs = self._unet_kwargs((sd_h, sd_w))
+        condition_kwargs = functools.partial(sd.condition_kwargs, size=(sd_h, sd_w))
         image_embeds = None
         if self.ip is not None:
             with timed('ip_adapter'):
                 image_embeds = [e.to(sd.dtype) for e in self.ip.image_embeds(pixels[..., :sd_h, :sd_w])]
         inputs = []
-        for branch, (latents, t) in enumerate(zip(noisy, self.timesteps)):
+        for branch, (latents, t, level) in enumerate(zip(noisy, self.timesteps, noise_levels)):
             text, text_key = self.prompts.branch_condition(branch, b)
-            inputs.append(BranchInput(latents, torch.full((b,), t, device=x.device), text.to(sd.dtype),
-                                      (id(latents), t, text_key), image_embeds))
+            inputs.append(BranchInput(latents, torch.full((b,), sd.family.model_timestep(level), device=x.device),
+                                      text.to(sd.dtype), (id(latents), t, text_key), image_embeds))
         del noisy
-        if self.denoiser is not None:  # img2img steps: full UNet (and ControlNet) passes per step
+        if self.img2img is not None:  # img2img steps: full denoiser (and ControlNet) passes per step
             with timed('denoising'):
-                self.denoiser.run_branches(self.plans, self.branch_groups, inputs, lambda members, parts: self._unet_pass(
+                self.img2img.run_branches(self.plans, self.branch_groups, inputs, lambda members, parts: self._pass(
                     members, parts, controlnet_residuals(sd, self.controlnet_index, [self.specs[i] for i in members],
-                                                         parts, pixels, unet_kwargs, self.batch_branches, timed),
-                    unet_kwargs, full=True))
+                                                         parts, pixels, condition_kwargs, self.batch_branches, timed),
+                    condition_kwargs, full=True))
         self.heap.release()
-        residuals = controlnet_residuals(sd, self.controlnet_index, self.specs, inputs, pixels, unet_kwargs,
+        residuals = controlnet_residuals(sd, self.controlnet_index, self.specs, inputs, pixels, condition_kwargs,
                                          self.batch_branches, timed)
         self.heap.release()
 
         per_level: list[list] = [[None] * len(self.specs) for _ in self.levels]
-        sd_hw = tuple(x.shape[-2:])
         for group in self.branch_groups:
             with timed('unet'):
-                outs = self._unet_pass(group, [inputs[i] for i in group], take_residuals(residuals, group),
-                                       unet_kwargs)
+                outs = self._pass(group, [inputs[i] for i in group], take_residuals(residuals, group),
+                                  condition_kwargs)
             for branch, branch_outs in zip(group, outs):
                 for level, taps in enumerate(self.levels):
                     maps = [to_feature_map(branch_outs[i], self.tap_info[i], sd_hw).float() for i in taps]
@@ -356,23 +374,28 @@ class GATEDiffusionBackbone(BaseModule):
                     per_level[level][branch] = to_input_grid(feat, h, w, self.strides[level], self.unet_input_scale)
         return per_level
 
-    def _unet_kwargs(self, size: tuple[int, int]):
-        """The family's added conditions for a batch of text conditions (SDXL: pooled + time ids of
-        the SD input's size before padding)."""
-        return lambda pooled: self.sd.family.unet_kwargs(pooled, size)
+    def _noise_level(self, timestep: int, image_hw: tuple[int, int]):
+        """The family's noise level of GATE's ``timestep`` for a model input of ``image_hw`` (``sigma=``
+        replaces it on flow-matching families), memoised: the flow mapping builds a schedule."""
+        if self.sigma is not None:
+            return self.sigma
+        key = (timestep, self.sd.seq_len(image_hw))
+        if key not in self._levels:
+            self._levels[key] = self.sd.noise_level(timestep, image_hw)
+        return self._levels[key]
 
-    def _unet_pass(self, group: list[int], parts: list[BranchInput], residuals: list[tuple],
-                   unet_kwargs, full: bool = False) -> list[list[torch.Tensor]] | torch.Tensor:
-        """One UNet call for the branches ``group`` (their inputs ``parts``), stopped after the last tap:
+    def _pass(self, group: list[int], parts: list[BranchInput], residuals: list[tuple],
+              condition_kwargs, full: bool = False) -> list[list[torch.Tensor]] | torch.Tensor:
+        """One denoiser call for the branches ``group`` (their inputs ``parts``), stopped after the last tap:
         their tap outputs; ``full``: the whole forward, its prediction.
 
         ``residuals``: the group's ControlNet residuals, handed over (see :func:`take_residuals`).
         """
         n, b = len(group), parts[0].noisy.shape[0]
         down, mid = batch_residuals(residuals)
-        keys = [self.unet_adapter_keys[i] for i in group]
+        keys = [self.adapter_keys[i] for i in group]
         adapters = tuple(dict.fromkeys(kv for key in keys for kv in key))
-        self._set_unet_adapters(adapters)
+        self._set_adapters(adapters)
         batch = contextlib.nullcontext()
         if n > 1 and adapters:
             batch = mixed_adapter_batch(self._lora_layers, [key[0][0] if key else BASE_ADAPTER
@@ -380,19 +403,19 @@ class GATEDiffusionBackbone(BaseModule):
         text = TextCondition.cat([p.text for p in parts])
         latents = torch.cat([p.noisy for p in parts])
         timesteps = torch.cat([p.timestep for p in parts])
-        kwargs = unet_kwargs(text.pooled)
+        kwargs = condition_kwargs(text)
         if self.ip is not None:
             self.ip.set_scales(self.ip.branch_scales[group[0]])
             kwargs = self.ip.with_image_embeds(kwargs, [p.image_embeds for p in parts])
         if full:
             with batch:
-                return self.sd.unet(latents, timesteps, encoder_hidden_states=text.hidden,
-                                    down_block_additional_residuals=down, mid_block_additional_residual=mid,
-                                    return_dict=False, **kwargs)[0]
+                return self.sd.denoiser(latents, timesteps, down_block_additional_residuals=down,
+                                        mid_block_additional_residual=mid, return_dict=False, **kwargs)[0]
         with batch:
-            outs = run_until_taps(self.sd.unet, self._exit_modules, latents, timesteps,
-                                  encoder_hidden_states=text.hidden, down_block_additional_residuals=down,
-                                  mid_block_additional_residual=mid, return_dict=False, **kwargs)
+            if down is not None or mid is not None:
+                kwargs.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+            outs = run_until_taps(self.sd.denoiser, self._exit_modules, latents, timesteps, return_dict=False,
+                                  select=self.sd.family.image_output, **kwargs)
         outs = outs[:len(self.taps)]
         if self.attention is not None:
             outs.append(self.attention.collect(tuple(s * self.sd.vae_scale_factor for s in latents.shape[-2:])))

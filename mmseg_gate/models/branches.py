@@ -1,6 +1,6 @@
 """What a branch is (prompt, LoRA adapters, ControlNets) and how its adapters are loaded.
 
-A branch never owns weights: LoRA files become named peft adapters on the one shared UNet (and
+A branch never owns weights: LoRA files become named peft adapters on the one shared denoiser (and
 text encoder, for the files that carry text-encoder layers), and ControlNets are loaded once per
 path by the backbone.
 """
@@ -17,7 +17,7 @@ from torch import nn
 
 from ..utils.files import file_sha256
 from .conditions import CONDITIONS
-from .families import FAMILIES, StableDiffusionFamily
+from .families import FAMILIES, DenoiserFamily
 
 
 @dataclass(frozen=True)
@@ -108,28 +108,37 @@ def _ip_adapter(branch: str, cfg: dict) -> tuple:
 
 
 def load_lora_adapter(model: nn.Module, path: str, adapter_name: str, target: str,
-                      family: StableDiffusionFamily = FAMILIES['sd'], unet_config=None) -> bool:
-    """Load the ``target`` ('unet', 'text_encoder' or SDXL's 'text_encoder_2') layers of one LoRA file
-    as a named adapter, with the LoRA loaders of the family's diffusers pipeline.
+                      family: DenoiserFamily = FAMILIES['sd'], unet_config=None) -> bool:
+    """Load the ``target`` (the family's denoiser, 'unet' or 'transformer', or a text encoder) layers of
+    one LoRA file as a named adapter, with the LoRA loaders of the family's diffusers pipeline.
 
     Reads diffusers, peft, kohya and LyCORIS LoCon files (``unet_config``: maps SDXL files in the
     original SGM block names). Returns whether the file has layers for ``target``; raises if the file
     is missing, holds no Stable Diffusion LoRA layers at all, or names layers ``model`` does not have
     (a LoRA for another base model).
     """
-    targets = ('unet', *family.text_encoders)
+    pipeline = family.lora_pipeline()
+    if not hasattr(pipeline, 'lora_state_dict'):
+        raise ValueError(f'LoRA {path!r}: diffusers has no LoRA loader for the {family.name} family '
+                         f'({pipeline.__name__}, {family.denoiser_class}): remove the branch\'s loras')
+    targets = (family.denoiser, *family.lora_text_encoders)
+    if target in family.text_encoders and target not in targets:
+        return False  # the family's LoRA files never carry this encoder (SD3's T5)
     if target not in targets:
         raise ValueError(f'target={target!r}: use one of {targets}')
     if not Path(os.path.expanduser(path)).is_file():
         raise FileNotFoundError(f'LoRA file {path!r} not found: check the path in the branch config '
                                 '(e.g. --cfg-options lora_a=...)')
-    pipeline = family.lora_pipeline()
-    state_dict, alphas, metadata = pipeline.lora_state_dict(
-        os.path.expanduser(path), unet_config=unet_config, return_lora_metadata=True)
+    if family.denoiser == 'unet':
+        state_dict, alphas, metadata = pipeline.lora_state_dict(
+            os.path.expanduser(path), unet_config=unet_config, return_lora_metadata=True)
+    else:  # the transformer pipelines' loaders: no network alphas (kept in the file's metadata)
+        (state_dict, metadata), alphas = pipeline.lora_state_dict(os.path.expanduser(path),
+                                                                  return_lora_metadata=True), None
     down = {p: {k for k in state_dict if k.startswith(p + '.') and ('lora_A' in k or '.down.' in k)}
             for p in targets}
     if not any(down.values()):
-        raise ValueError(f'LoRA file {path!r} has no {family.pipeline_class} UNet or text-encoder layers '
+        raise ValueError(f'LoRA file {path!r} has no {family.pipeline_class} {family.denoiser} or text-encoder layers '
                          f'(first keys: {list(state_dict)[:3]}); is it a LoRA for this model?')
     if not down[target]:
         return False
@@ -137,11 +146,13 @@ def load_lora_adapter(model: nn.Module, path: str, adapter_name: str, target: st
         with _quiet_loaders():
             if target == 'unet':
                 pipeline.load_lora_into_unet(state_dict, alphas, model, adapter_name=adapter_name, metadata=metadata)
+            elif target == 'transformer':
+                pipeline.load_lora_into_transformer(state_dict, model, adapter_name=adapter_name, metadata=metadata)
             else:
                 pipeline.load_lora_into_text_encoder(state_dict, alphas, model, prefix=target,
                                                      adapter_name=adapter_name, metadata=metadata)
     except Exception as err:  # peft/diffusers raise many types; say which file and model
-        raise ValueError(f'LoRA file {path!r} does not match this Stable Diffusion {target} '
+        raise ValueError(f'LoRA file {path!r} does not match this {family.name} {target} '
                          f'({type(err).__name__}: {str(err)[:500]}). Use a LoRA trained for the same base model.'
                          ) from err
     loaded = sum(1 for m in model.modules() if adapter_name in getattr(m, 'lora_A', {}))
@@ -155,7 +166,7 @@ class AdapterRegistry:
     """Every distinct LoRA file of the branches once, as a named peft adapter of each model it has
     layers for (UNet, text encoders), and per branch the adapters to switch on."""
 
-    def __init__(self, specs: Sequence[BranchSpec], family: StableDiffusionFamily) -> None:
+    def __init__(self, specs: Sequence[BranchSpec], family: DenoiserFamily) -> None:
         self.specs, self.family = specs, family
         self.names: dict[str, str] = {}                  # LoRA path -> adapter name
         self.targets: dict[str, dict[str, bool]] = {}    # adapter name -> {target: has layers}

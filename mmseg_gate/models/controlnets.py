@@ -48,11 +48,11 @@ def load_controlnets(sd: FrozenStableDiffusion, specs: Sequence[BranchSpec], dty
 
 
 def controlnet_residuals(sd: FrozenStableDiffusion, index: dict[str, str], specs: Sequence[BranchSpec],
-                         inputs: Sequence[BranchInput], pixels: torch.Tensor, unet_kwargs: Callable,
+                         inputs: Sequence[BranchInput], pixels: torch.Tensor, condition_kwargs: Callable,
                          batch: bool = True, timed=None) -> list[tuple]:
     """Per branch ``(down residuals, mid residual)`` (``(None, None)`` without ControlNet).
 
-    ``unet_kwargs(pooled)``: the family's added conditions for a batch of text conditions.
+    ``condition_kwargs(text)``: the family's conditioning kwargs for a batch of text conditions.
     Several ControlNets of one branch add up (as diffusers' MultiControlNet).
     """
     calls: dict = {}  # ControlNetSpec -> {input key: BranchInput}
@@ -74,8 +74,8 @@ def controlnet_residuals(sd: FrozenStableDiffusion, index: dict[str, str], specs
             with timed('controlnet'):
                 down, mid = sd.controlnets[index[net.path]](
                     torch.cat([p.noisy for p in parts]), torch.cat([p.timestep for p in parts]),
-                    encoder_hidden_states=text.hidden, controlnet_cond=cond.repeat(len(chunk), 1, 1, 1),
-                    conditioning_scale=net.scale, return_dict=False, **unet_kwargs(text.pooled))
+                    controlnet_cond=cond.repeat(len(chunk), 1, 1, 1), conditioning_scale=net.scale,
+                    return_dict=False, **condition_kwargs(text))
             for j, key in enumerate(chunk):
                 done[net, key] = ([d[j * b:(j + 1) * b] for d in down], mid[j * b:(j + 1) * b])
     out = []

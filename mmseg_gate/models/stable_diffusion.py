@@ -1,4 +1,4 @@
-"""The frozen Stable Diffusion stack: load once, encode once, run the UNet only as far as needed."""
+"""The frozen diffusion stack: load once, encode once, run the denoiser only as far as needed."""
 from __future__ import annotations
 
 import difflib
@@ -83,10 +83,10 @@ def from_pretrained_or_explain(load, path: str, what: str, **kwargs):
 
 
 class _TapsComplete(Exception):
-    """Raised by the last tap's hook to stop the UNet forward early."""
+    """Raised by the last tap's hook to stop the denoiser forward early."""
 
 
-def find_modules(model: nn.Module, names: Sequence[str], what: str = 'UNet') -> list[nn.Module]:
+def find_modules(model: nn.Module, names: Sequence[str], what: str = 'denoiser') -> list[nn.Module]:
     """Look modules up by dotted name; an unknown name fails with the closest valid names."""
     modules = dict(model.named_modules())
     found = []
@@ -94,22 +94,30 @@ def find_modules(model: nn.Module, names: Sequence[str], what: str = 'UNet') -> 
         if name not in modules:
             close = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.6)
             raise KeyError(f'tap {name!r} is not a module of the {what}; close matches: {close}. '
-                           "SD1.5's GATE taps are 'up_blocks.{0,1,2}.upsamplers.0'.")
+                           "SD1.5's GATE taps are 'up_blocks.{0,1,2}.upsamplers.0', a DiT's 'transformer_blocks.N'; "
+                           '`python tools/list_taps.py PRETRAINED` lists them.')
         found.append(modules[name])
     return found
 
 
-def run_until_taps(model: nn.Module, tap_modules: Sequence[nn.Module], *args, **kwargs) -> list[torch.Tensor]:
+def _first(module: nn.Module, output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def run_until_taps(model: nn.Module, tap_modules: Sequence[nn.Module], *args, select=_first,
+                   **kwargs) -> list[torch.Tensor]:
     """Call ``model(*args, **kwargs)`` and return the outputs of ``tap_modules``.
 
     The forward stops right after the last of them has run, so nothing deeper is computed; the
     captured tensors are exactly those that forward hooks on a full forward would see.
+    ``select(module, output)``: the part of a module's output to keep (the family's image part:
+    MMDiT blocks return text and image tokens).
     """
     captured: dict[int, torch.Tensor] = {}
 
     def hook(index: int):
         def fn(module, inputs, output):
-            captured[index] = output[0] if isinstance(output, (tuple, list)) else output
+            captured[index] = select(module, output)
             if len(captured) == len(tap_modules):
                 raise _TapsComplete
         return fn
@@ -123,54 +131,80 @@ def run_until_taps(model: nn.Module, tap_modules: Sequence[nn.Module], *args, **
         for h in handles:
             h.remove()
     if len(captured) != len(tap_modules):
-        raise RuntimeError('some taps never ran during the UNet forward; choose modules the forward calls')
+        raise RuntimeError('some taps never ran during the denoiser forward; choose modules the forward calls')
     return [captured[i] for i in range(len(tap_modules))]
 
 
 class FrozenStableDiffusion(nn.Module):
-    """VAE encoder, UNet, noise scheduler and text encoding of one SD checkpoint, all frozen.
+    """VAE encoder, denoiser, noise scheduler and text encoding of one diffusion checkpoint, all frozen.
 
-    The family (SD1/2 or SDXL, :mod:`.families`) is read from the folder. The text encoders are only
-    needed for the prompts: :meth:`encode_prompt` runs them and :meth:`release_text_encoder` frees
-    them once the prompts are cached.
+    The family (SD1/2, SDXL, SD3/3.5, PixArt-Sigma/alpha: :mod:`.families`) is read from the folder and
+    says everything that differs; this class and the code above it speak of *the denoiser* (a UNet or
+    a transformer). The text encoders are only needed for the prompts: :meth:`encode_prompt` runs them
+    and :meth:`release_text_encoder` frees them once the prompts are cached.
 
     Args:
         pretrained: diffusers folder or hub id of the whole pipeline.
         dtype: dtype of the frozen parts; the VAE runs in float32 instead when it is fp16 and its
             config says ``force_upcast`` (SDXL's VAE overflows in fp16).
         vae: another VAE (folder or hub id, e.g. the fp16-fix SDXL VAE) instead of ``pretrained``'s.
-        unet: another UNet (folder or hub id: a fine-tune such as CleanDIFT's, DreamBooth) with the
-            VAE, text encoders and scheduler of ``pretrained``.
+        unet: another denoiser (folder or hub id: a fine-tune such as CleanDIFT's UNet, DreamBooth) with
+            the VAE, text encoders and scheduler of ``pretrained``.
+        drop_text_encoders: optional text encoders not to load (SD3's T5, ``'text_encoder_3'``: 4.7 B
+            parameters; the prompt then gets zeros in its place, as diffusers does without it).
     """
 
     def __init__(self, pretrained: str, dtype: torch.dtype = torch.float32, vae: str | None = None,
-                 unet: str | None = None, **hub_kwargs) -> None:
+                 unet: str | None = None, drop_text_encoders: Sequence[str] = (), **hub_kwargs) -> None:
         super().__init__()
-        from diffusers import DDPMScheduler
-        from transformers import CLIPTokenizer
-        check_weights_location(pretrained, 'Stable Diffusion model',
-                               (() if unet else ('unet',)) + ('vae', 'text_encoder', 'tokenizer'))
-        for path, what in ((vae, 'VAE'), (unet, 'UNet')):
+        check_weights_location(pretrained, 'Stable Diffusion model')
+        for path, what in ((vae, 'VAE'), (unet, 'denoiser')):
             if path is not None:
                 check_weights_location(path, what)
         # the first file to read: where a bad path or an offline hub shows
         self.family = from_pretrained_or_explain(detect_family, pretrained, 'Stable Diffusion model', **hub_kwargs)
+        family = self.family
+        bad = set(drop_text_encoders) - set(family.optional_text_encoders)
+        if bad:
+            raise ValueError(f'drop_text_encoders={sorted(bad)}: the {family.name} family can only drop '
+                             f'{list(family.optional_text_encoders) or "none of its text encoders"}')
+        encoders = [a for a in family.text_encoders if a not in drop_text_encoders
+                    and (a not in family.optional_text_encoders or self._has_component(pretrained, a))]
+        check_weights_location(pretrained, 'Stable Diffusion model',
+                               (() if unet else (family.denoiser,)) + ('vae',)
+                               + tuple(x for a in encoders for x in (a, family.text_encoders[a])))
         self.pretrained, self.vae_path, self.unet_path = pretrained, vae, unet
         self.hub_kwargs, self.load_kwargs = hub_kwargs, dict(dtype=dtype, **hub_kwargs)
+        self._denoiser_config = None
         # text first: prompts are encoded and the encoders released before the large models load,
         # which keeps the build's peak memory at what the forward needs
         self.text_encoders = nn.ModuleDict()
         self.tokenizers = {}
-        for attribute, tokenizer in self.family.text_encoders.items():
+        for attribute in encoders:
             self.text_encoders[attribute] = from_pretrained_or_explain(
-                self.family.text_encoder_class(attribute).from_pretrained, pretrained, 'Stable Diffusion model',
+                family.text_encoder_class(attribute).from_pretrained, pretrained, 'Stable Diffusion model',
                 subfolder=attribute, **self.load_kwargs)
-            self.tokenizers[attribute] = CLIPTokenizer.from_pretrained(pretrained, subfolder=tokenizer, **hub_kwargs)
-        self.text_dim = sum(e.config.hidden_size for e in self.text_encoders.values())  # width of the states
-        # add_noise only needs the betas; DDPM's formula is shared by SD's PNDM/DDIM/Euler configs
-        self.scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder='scheduler', **hub_kwargs)
-        self.vae = self.unet = self.controlnets = self.image_encoders = None
+            self.tokenizers[attribute] = family.tokenizer_class(attribute).from_pretrained(
+                pretrained, subfolder=family.text_encoders[attribute], **hub_kwargs)
+        self.text_dim = sum(e.config.hidden_size for a, e in self.text_encoders.items()
+                            if a not in family.optional_text_encoders)  # width of the (CLIP) states
+        self.scheduler = family.noise_scheduler(pretrained, **hub_kwargs)
+        self.vae = self.denoiser = self.controlnets = self.image_encoders = None
         self.requires_grad_(False).eval()
+
+    def _has_component(self, pretrained: str, attribute: str) -> bool:
+        """Whether an optional component is part of the pipeline (``model_index.json`` names a class)."""
+        from .families import _components
+        value = _components(pretrained, **getattr(self, 'hub_kwargs', {})).get(attribute, False)
+        local = Path(os.path.expanduser(str(pretrained)))
+        if local.is_dir():
+            return (local / attribute).is_dir()
+        return bool(value) and value[0] is not None
+
+    @property
+    def unet(self) -> nn.Module | None:
+        """The denoiser, under the name the UNet families' code (attention maps, IP-Adapters) uses."""
+        return self.denoiser
 
     @property
     def text_encoder(self) -> nn.Module | None:
@@ -199,21 +233,24 @@ class FrozenStableDiffusion(nn.Module):
         return from_pretrained_or_explain(AutoencoderKL.from_pretrained, path, 'VAE',
                                           **kwargs, **dict(self.load_kwargs, dtype=dtype))
 
-    def _load_unet(self):
-        from diffusers import UNet2DConditionModel
-        path, kwargs = self._component(self.unet_path, 'unet')
-        return from_pretrained_or_explain(UNet2DConditionModel.from_pretrained, path, 'UNet', **kwargs,
-                                          **self.load_kwargs)
+    def _load_denoiser(self):
+        path, kwargs = self._component(self.unet_path, self.family.denoiser)
+        return from_pretrained_or_explain(self.family.denoiser_model_class().from_pretrained, path, 'denoiser',
+                                          **kwargs, **self.load_kwargs)
 
-    def unet_config(self):
-        """The UNet's config (attribute access), read before the UNet loads."""
-        from diffusers import UNet2DConditionModel
-        from diffusers.configuration_utils import FrozenDict
-        path, kwargs = self._component(self.unet_path, 'unet')
-        return FrozenDict(UNet2DConditionModel.load_config(path, **kwargs, **self.hub_kwargs))
+    def denoiser_config(self):
+        """The denoiser's config (attribute access), read before the denoiser loads."""
+        if self._denoiser_config is None:
+            from diffusers.configuration_utils import FrozenDict
+            path, kwargs = self._component(self.unet_path, self.family.denoiser)
+            self._denoiser_config = FrozenDict(self.family.denoiser_model_class().load_config(
+                path, **kwargs, **self.hub_kwargs))
+        return self._denoiser_config
+
+    unet_config = denoiser_config  # SDXL LoRA files in SGM names are mapped with it
 
     def load_denoiser(self) -> None:
-        """Load the VAE encoder and the UNet."""
+        """Load the VAE encoder and the denoiser."""
         self.vae = self._load_vae()
         self.vae.decoder = None  # features need the encoder only
         # channels_last: oneDNN/cuDNN convolutions skip their layout reorders at full image resolution
@@ -223,15 +260,11 @@ class FrozenStableDiffusion(nn.Module):
         for t in itertools.chain(self.vae.parameters(), self.vae.buffers()):
             t.data = t.data.clone(memory_format=torch.channels_last if t.ndim == 4 else torch.contiguous_format)
         use_inplace_resnets(self.vae.encoder)  # 3 instead of 4 full-resolution activations at a time
-        self.unet = self._load_unet()
-        cross = self.unet.config.cross_attention_dim
-        text_dim = self.text_dim
-        if cross != text_dim:
-            raise ValueError(f'the UNet{" at " + repr(self.unet_path) if self.unet_path else ""} expects text '
-                             f'states of width {cross}, the text encoders of {self.pretrained!r} give {text_dim}: '
-                             'use a UNet made for this base model')
+        self.denoiser = self._load_denoiser()
+        self.family.check_denoiser(self.denoiser, self.text_dim,
+                                   f' at {self.unet_path!r}' if self.unet_path else '')
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.unet_scale_factor = 2 ** (len(self.unet.config.down_block_types) - 1)
+        self.latent_multiple = self.family.latent_multiple(self.denoiser)
         self.requires_grad_(False).eval()
 
     def compile_static_parts(self, **compile_kwargs) -> None:
@@ -246,20 +279,30 @@ class FrozenStableDiffusion(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return self.denoiser.dtype
 
     @property
     def pad_multiple(self) -> int:
-        """Image sides must be multiples of this for the UNet's skip connections to line up."""
-        return self.vae_scale_factor * self.unet_scale_factor
+        """Image sides must be multiples of this: the UNet's skip connections line up, a DiT's patches tile."""
+        return self.vae_scale_factor * self.latent_multiple
+
+    def seq_len(self, image_hw: tuple[int, int]) -> int:
+        """Latent cells (UNet) or image tokens (DiT: patches) of a model input of ``image_hw`` pixels."""
+        cell = self.vae_scale_factor * (self.latent_multiple if self.family.denoiser == 'transformer' else 1)
+        return (image_hw[0] // cell) * (image_hw[1] // cell)
+
+    def condition_kwargs(self, text: TextCondition, size: tuple[int, int]) -> dict:
+        """The family's conditioning kwargs of the denoiser and its ControlNets for a batch of text
+        conditions and a model input of ``size`` (before padding)."""
+        return self.family.condition_kwargs(text, size, self.denoiser_config())
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> TextCondition:
-        """The UNet's text conditioning of ``prompt`` (as the family's pipeline does it, no CFG)."""
+        """The denoiser's text conditioning of ``prompt`` (as the family's pipeline does it, no CFG)."""
         if self.text_encoders is None:
             raise RuntimeError('the text encoder was released; build the backbone with keep_text_encoder=True '
                                'to encode prompts after construction')
-        return self.family.encode_prompt(prompt, self.text_encoders, self.tokenizers)
+        return self.family.encode_prompt(prompt, self.text_encoders, self.tokenizers, self.denoiser_config())
 
     def release_text_encoder(self) -> None:
         self.text_encoders = None
@@ -267,23 +310,28 @@ class FrozenStableDiffusion(nn.Module):
 
     @torch.no_grad()
     def encode_posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images in [-1, 1] -> the VAE posterior's mean and std, scaled as SD's latents, in float32."""
+        """Images in [-1, 1] -> the VAE posterior's mean and std as the denoiser's latents (``(z - shift)
+        * scale``; SD3's VAE has a shift), in float32."""
         images = images.to(self.vae.dtype).contiguous(memory_format=torch.channels_last)
         dist = self.vae.encode(images).latent_dist
-        scale = self.vae.config.scaling_factor
+        scale, shift = self.vae.config.scaling_factor, self.vae.config.get('shift_factor')
+        mean = dist.mean.float() if shift is None else dist.mean.float() - shift
         # the UNet runs faster in NCHW
-        return (dist.mean.float() * scale).contiguous(), (dist.std.float() * scale).contiguous()
+        return (mean * scale).contiguous(), (dist.std.float() * scale).contiguous()
+
+    def noise_level(self, timestep: int, image_hw: tuple[int, int]):
+        """The family's noise level for GATE's ``timestep`` (DDPM: the timestep; flow matching: a sigma)."""
+        return self.family.noise_level(self.scheduler, timestep, self.seq_len(image_hw))
 
     @torch.no_grad()
-    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor | None, timestep: int) -> torch.Tensor:
-        """``scheduler.add_noise`` computed in float32, cast to the frozen dtype after (``noise=None``:
-        the clean latents, cast).
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor | None, level) -> torch.Tensor:
+        """The family's noising at ``level`` computed in float32, cast to the frozen dtype after
+        (``noise=None``: the clean latents, cast).
 
-        Why: diffusers computes sqrt(alpha_bar_t) in the latents' dtype; in bf16 alpha_bar_50 = 0.9516
-        becomes 0.9531, the noise level of t ~ 48.6. The noising is the same for epsilon- and
-        v-prediction models (SD2.1-768): the prediction type only changes what the UNet outputs.
+        Why float32: diffusers computes sqrt(alpha_bar_t) in the latents' dtype; in bf16 alpha_bar_50 =
+        0.9516 becomes 0.9531, the noise level of t ~ 48.6. The noising is the same for epsilon- and
+        v-prediction models (SD2.1-768): the prediction type only changes what the denoiser outputs.
         """
         if noise is None:
             return latents.to(self.dtype)
-        t = torch.full((latents.shape[0],), timestep, dtype=torch.long, device=latents.device)
-        return self.scheduler.add_noise(latents.float(), noise.float(), t).to(self.dtype)
+        return self.family.add_noise(self.scheduler, latents, noise, level).to(self.dtype)

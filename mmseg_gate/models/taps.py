@@ -1,4 +1,4 @@
-"""Taps: UNet modules whose outputs become feature levels, feature maps or token sequences alike.
+"""Taps: denoiser modules whose outputs become feature levels, feature maps or token sequences alike.
 
 A tap may be any module the UNet's forward calls: resnets, up/down-samplers and transformer models
 give ``[B, C, h, w]`` maps; transformer blocks, attention layers, their projections (``attn2.to_q``)
@@ -86,7 +86,11 @@ def feed_forwards_tapped(model: nn.Module, names: Sequence[str]) -> set[nn.Modul
             and any(n == f'{prefix}.ff' or n.startswith(f'{prefix}.ff.') for n in names)}
 
 
-def list_tappable(model: nn.Module, run: Callable[[], None], image_hw: tuple[int, int]) -> list[Tap]:
+def _first(module: nn.Module, output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def list_tappable(model: nn.Module, run: Callable[[], None], image_hw: tuple[int, int], select=_first) -> list[Tap]:
     """Every module of ``model`` whose output in ``run()`` (a full forward on an SD input of
     ``image_hw``) is a feature map or tokens on a latent grid, in the order the forward calls them."""
     seen: dict[str, Tap | None] = {}
@@ -94,8 +98,7 @@ def list_tappable(model: nn.Module, run: Callable[[], None], image_hw: tuple[int
     def hook(name):
         def fn(module, args, output):
             if name not in seen:
-                seen[name] = describe_output(name, output[0] if isinstance(output, (tuple, list)) else output,
-                                             image_hw)
+                seen[name] = describe_output(name, select(module, output), image_hw)
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
@@ -118,11 +121,11 @@ def tappable_modules(pretrained: str, size: tuple[int, int] = (512, 512), **sd_k
     sd.load_denoiser()
     m = sd.pad_multiple
     image_hw = (-(-size[0] // m) * m, -(-size[1] // m) * m)
-    latents = torch.zeros(1, sd.unet.config.in_channels, image_hw[0] // sd.vae_scale_factor,
+    latents = torch.zeros(1, sd.denoiser.config.in_channels, image_hw[0] // sd.vae_scale_factor,
                           image_hw[1] // sd.vae_scale_factor, dtype=sd.dtype)
-    text = text.to(sd.dtype)
-    return list_tappable(sd.unet, lambda: sd.unet(latents, 0, encoder_hidden_states=text.hidden,
-                                                   **sd.family.unet_kwargs(text.pooled, image_hw)), image_hw)
+    kwargs = sd.condition_kwargs(text.to(sd.dtype), image_hw)
+    t = torch.tensor([sd.family.model_timestep(sd.noise_level(50, image_hw))])
+    return list_tappable(sd.denoiser, lambda: sd.denoiser(latents, t, **kwargs), image_hw, sd.family.image_output)
 
 
 __all__ = ['tappable_modules', 'Tap', 'describe_output', 'probe_taps', 'to_feature_map', 'plan_levels', 'feed_forwards_tapped',

@@ -1,0 +1,69 @@
+"""Model families: what differs between Stable Diffusion 1/2, SDXL, SD3 and PixArt.
+
+One module per family (:mod:`.sd`, :mod:`.sd3`, :mod:`.pixart`) on the interface of :mod:`.base`.
+The family is read from the folder (``model_index.json``'s pipeline class, else its components):
+no flag to set.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .base import DenoiserFamily, TextCondition, token_ids
+from .pixart import PixArtAlphaFamily, PixArtSigmaFamily
+from .sd import StableDiffusionFamily, StableDiffusionXLFamily
+from .sd3 import StableDiffusion3Family
+
+#: most specific first: detection takes the first family that matches
+FAMILIES: dict[str, DenoiserFamily] = {f.name: f for f in (
+    StableDiffusion3Family(), PixArtSigmaFamily(), PixArtAlphaFamily(), StableDiffusionXLFamily(), StableDiffusionFamily())}
+
+
+def _components(pretrained: str, **hub_kwargs) -> dict:
+    """``model_index.json`` of a folder or hub id; for a folder without one, its subfolders as keys."""
+    path = Path(os.path.expanduser(str(pretrained)))
+    if path.is_dir():
+        index = path / 'model_index.json'
+        components = json.loads(index.read_text()) if index.is_file() else {}
+        return {**{p.name: None for p in path.iterdir() if p.is_dir()}, **components}
+    from diffusers import DiffusionPipeline
+    return dict(DiffusionPipeline.load_config(str(pretrained), **hub_kwargs))
+
+
+def detect_family(pretrained: str, **hub_kwargs) -> DenoiserFamily:
+    """The family of a diffusers folder or hub id."""
+    components = _components(pretrained, **hub_kwargs)
+    for family in FAMILIES.values():
+        if family.matches(components):
+            return family
+    raise ValueError(f'{str(pretrained)!r} is no pipeline of a supported family ({sorted(FAMILIES)}): its '
+                     f"model_index.json names {components.get('_class_name')!r} with components "
+                     f"{sorted(k for k in components if not k.startswith('_'))}")
+
+
+def check_family_options(family: DenoiserFamily, specs, denoising_from, attention, sigma) -> None:
+    """Fail at build time for options the family does not have (yet), naming what to change."""
+    unet_only = []
+    if family.denoiser != 'unet':
+        if denoising_from is not None or any(s.denoising_from is not None for s in specs):
+            unet_only.append('denoising_from (img2img steps before extraction)')
+        if attention is not None:
+            unet_only.append("attention (cross-attention maps; tap the blocks' attn modules instead)")
+        if any(s.ip_adapters for s in specs):
+            unet_only.append('ip_adapters')
+        if family.controlnet_class is None and any(s.controlnets for s in specs):
+            unet_only.append(f'controlnets (diffusers has no {family.name} ControlNet)')
+    if unet_only:
+        raise ValueError(f'the {family.name} family does not support ' + '; '.join(unet_only)
+                         + ': remove it from the backbone config')
+    if sigma is not None and not family.flow_matching:
+        raise ValueError(f'sigma={sigma} is for flow-matching families (sd3); the {family.name} family is noised '
+                         'by timestep: give timestep= instead')
+    if sigma is not None and not 0 <= sigma <= 1:
+        raise ValueError(f'sigma={sigma}: a flow-matching noise level lies in [0, 1]')
+
+
+__all__ = ['TextCondition', 'DenoiserFamily', 'StableDiffusionFamily', 'StableDiffusionXLFamily',
+           'StableDiffusion3Family', 'PixArtSigmaFamily', 'PixArtAlphaFamily', 'FAMILIES',
+           'detect_family', 'token_ids', 'check_family_options']

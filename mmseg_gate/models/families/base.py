@@ -1,0 +1,165 @@
+"""What every model family says about itself: the interface generic code relies on.
+
+Generic code (the frozen stack, the backbone, the noise policy, taps, batching) speaks of *the
+denoiser* and asks the family everything that differs between Stable Diffusion 1/2, SDXL, SD3 and
+PixArt (and later FLUX, Sana, ...): which folders it is, which text encoders it has and how a prompt
+becomes conditioning, which denoiser class loads and how it is called, how latents are noised and
+what a timestep means, and what a tapped module's output is. A new family is one subclass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TextCondition:
+    """One prompt's conditioning, batch first: ``hidden`` ``[B, N, D]`` states; ``pooled`` ``[B, P]``
+    (SDXL, SD3); ``mask`` ``[B, N]`` of the text tokens (PixArt's T5)."""
+    hidden: torch.Tensor
+    pooled: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def _map(self, fn) -> 'TextCondition':
+        return replace(self, **{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+                                for f in fields(self)})
+
+    def expand(self, batch: int) -> 'TextCondition':
+        return self._map(lambda t: t.expand(batch, *t.shape[1:]))
+
+    def to(self, *args, **kwargs) -> 'TextCondition':
+        """Moves every part; a dtype applies to the floating parts only (a mask stays integer)."""
+        return self._map(lambda t: t.to(*args, **kwargs) if t.is_floating_point()
+                         else t.to(*[a for a in args if not isinstance(a, torch.dtype)],
+                                   **{k: v for k, v in kwargs.items() if k != 'dtype'}))
+
+    @staticmethod
+    def cat(conditions: list['TextCondition']) -> 'TextCondition':
+        first = conditions[0]
+        return TextCondition(**{f.name: None if getattr(first, f.name) is None
+                                else torch.cat([getattr(c, f.name) for c in conditions]) for f in fields(first)})
+
+
+class DenoiserFamily:
+    """A model family. Class attributes describe the folder; methods do what differs.
+
+    Attributes:
+        name: short name (checkpoint provenance, logs).
+        pipeline_classes: diffusers pipeline classes whose ``model_index.json`` means this family; the
+            first is the one whose pieces (prompt encoding, LoRA loaders) are reproduced.
+        denoiser: subfolder and pipeline attribute of the denoiser (``unet`` or ``transformer``).
+        denoiser_class: its diffusers class name.
+        text_encoders: text encoder attribute -> tokenizer subfolder, in the pipeline's order.
+        optional_text_encoders: encoders a folder may lack (SD3's T5), or a user may drop.
+        flow_matching: latents are noised as ``(1 - sigma) x + sigma n`` (else DDPM's ``add_noise``).
+    """
+    name = ''
+    pipeline_classes: tuple[str, ...] = ()
+    denoiser = 'unet'
+    denoiser_class = 'UNet2DConditionModel'
+    controlnet_class = 'ControlNetModel'
+    text_encoders: dict[str, str] = {}
+    optional_text_encoders: tuple[str, ...] = ()
+    flow_matching = False
+    #: text encoders the family's LoRA loaders read layers for (None: all of them)
+    lora_text_encoders_only: tuple[str, ...] | None = None
+    #: transformer blocks' feed-forwards may be chunked along the tokens (inference_blocks.chunk_feed_forward)
+    chunkable_feed_forwards = True
+
+    # ------------------------------------------------------------------ folders
+    def matches(self, components: dict) -> bool:
+        """Whether a ``model_index.json`` (its dict; for a folder without one, the subfolders present
+        as keys) is a pipeline of this family."""
+        return components.get('_class_name') in self.pipeline_classes
+
+    @property
+    def pipeline_class(self) -> str:
+        return self.pipeline_classes[0]
+
+    def pipeline(self):
+        """The diffusers pipeline class of this family (prompt encoding, LoRA loaders)."""
+        import diffusers
+        return getattr(diffusers, self.pipeline_class)
+
+    def lora_pipeline(self):
+        return self.pipeline()
+
+    @property
+    def lora_text_encoders(self) -> tuple[str, ...]:
+        return tuple(self.text_encoders) if self.lora_text_encoders_only is None else self.lora_text_encoders_only
+
+    # ------------------------------------------------------------------ text
+    def text_encoder_class(self, attribute: str):
+        raise NotImplementedError
+
+    def tokenizer_class(self, attribute: str):
+        from transformers import AutoTokenizer
+        return AutoTokenizer
+
+    def encode_prompt(self, prompt: str, encoders: dict, tokenizers: dict, config=None) -> TextCondition:
+        """As the family's pipeline encodes ``prompt`` without guidance; ``config``: the denoiser's."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the denoiser
+    def denoiser_model_class(self):
+        import diffusers
+        return getattr(diffusers, self.denoiser_class)
+
+    def check_denoiser(self, denoiser: nn.Module, text_dim: int, where: str) -> None:
+        """Fail at build time when the denoiser does not fit the text encoders."""
+
+    def latent_multiple(self, denoiser: nn.Module) -> int:
+        """Latent sides must be multiples of this (UNet: its down-sampling; DiT: its patch size)."""
+        raise NotImplementedError
+
+    def condition_kwargs(self, text: TextCondition, size: tuple[int, int], config=None) -> dict:
+        """The denoiser's (and its ControlNets') conditioning kwargs for a batch of text conditions and
+        an input of ``size`` (the model input's size before padding, in pixels); ``config``: the
+        denoiser's."""
+        raise NotImplementedError
+
+    def image_output(self, module: nn.Module, output):
+        """The image part of a tapped module's output (a tensor), as a forward hook sees it."""
+        return output[0] if isinstance(output, (tuple, list)) else output
+
+    # ------------------------------------------------------------------ noise
+    def noise_scheduler(self, pretrained: str, **hub_kwargs):
+        """The scheduler whose noising (and timestep meaning) the features use."""
+        from diffusers import DDPMScheduler
+        # add_noise only needs the betas; DDPM's formula is shared by SD's PNDM/DDIM/Euler configs
+        return DDPMScheduler.from_pretrained(pretrained, subfolder='scheduler', **hub_kwargs)
+
+    def noise_level(self, scheduler, timestep: int, seq_len: int | None = None):
+        """What :meth:`add_noise` takes for GATE's ``timestep`` (DDPM: the timestep itself); ``seq_len``:
+        the input's image tokens (for resolution-dependent schedules)."""
+        return int(timestep)
+
+    def model_timestep(self, level) -> float | int:
+        """The timestep value the denoiser is given at noise ``level``."""
+        return level
+
+    def add_noise(self, scheduler, latents: torch.Tensor, noise: torch.Tensor, level) -> torch.Tensor:
+        """DDPM's ``scheduler.add_noise`` at timestep ``level``, computed in float32 (diffusers computes
+        sqrt(alpha_bar_t) in the latents' dtype: in bf16 alpha_bar_50 = 0.9516 becomes 0.9531)."""
+        t = torch.full((latents.shape[0],), level, dtype=torch.long, device=latents.device)
+        return scheduler.add_noise(latents.float(), noise.float(), t)
+
+    # ------------------------------------------------------------------ AdaLN (massive activations)
+    def block_modulation(self, block: nn.Module, tokens: torch.Tensor, block_kwargs: dict) -> torch.Tensor:
+        """LayerNorm without affine of a block's output tokens, then the block's own AdaLN modulation
+        ``(1 + scale) x + shift`` under its conditioning (``block_kwargs``: what the block was called
+        with). Only for families whose blocks are AdaLN-modulated."""
+        raise ValueError(f"token_norm='adaln' needs AdaLN-modulated transformer blocks; the {self.name} family's "
+                         'denoiser has none: leave token_norm=None')
+
+
+def token_ids(tokenizer, prompt: str, encoder: nn.Module, max_length: int | None = None) -> torch.Tensor:
+    """Padded, truncated input ids of ``prompt`` on the encoder's device."""
+    ids = tokenizer(prompt, padding='max_length', max_length=max_length or tokenizer.model_max_length,
+                    truncation=True, return_tensors='pt').input_ids
+    return ids.to(next(encoder.parameters()).device)
+
+
+__all__ = ['TextCondition', 'DenoiserFamily', 'token_ids']

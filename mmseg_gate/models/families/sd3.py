@@ -1,0 +1,96 @@
+"""Stable Diffusion 3 / 3.5 (MMDiT): three text encoders, pooled projections, flow matching.
+
+Prompts are encoded as ``StableDiffusion3Pipeline.encode_prompt`` does without guidance: the
+penultimate states of two CLIP encoders side by side, zero-padded to T5's width, followed by T5's
+256 tokens (zeros when the folder has no T5, as diffusers does with ``text_encoder_3=None``); the
+two CLIP pooled outputs side by side. Latents are noised by flow matching; GATE's ``t`` is mapped as
+the authors' img2img does (:mod:`..flow_matching`). MMDiT blocks return ``(text, image)`` tokens:
+a tap keeps the image tokens.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..flow_matching import flow_noise, img2img_sigma
+from .base import TextCondition, token_ids
+from .dit import DiTFamily
+
+#: T5 tokens of ``StableDiffusion3Pipeline`` (its ``max_sequence_length`` default); they change the features
+T5_TOKENS = 256
+
+
+class StableDiffusion3Family(DiTFamily):
+    """SD3 / SD3.5 (``SD3Transformer2DModel``; SD3.5-medium's dual-attention blocks included)."""
+    name = 'sd3'
+    pipeline_classes = ('StableDiffusion3Pipeline', 'StableDiffusion3Img2ImgPipeline',
+                        'StableDiffusion3ControlNetPipeline', 'StableDiffusion3InpaintPipeline')
+    denoiser_class = 'SD3Transformer2DModel'
+    controlnet_class = 'SD3ControlNetModel'
+    text_encoders = {'text_encoder': 'tokenizer', 'text_encoder_2': 'tokenizer_2', 'text_encoder_3': 'tokenizer_3'}
+    optional_text_encoders = ('text_encoder_3',)
+    lora_text_encoders_only = ('text_encoder', 'text_encoder_2')  # SD3LoraLoaderMixin: no T5 layers
+    flow_matching = True
+
+    def matches(self, components: dict) -> bool:
+        return super().matches(components) or ('transformer' in components and 'text_encoder_3' in components)
+
+    def text_encoder_class(self, attribute: str):
+        from transformers import CLIPTextModelWithProjection, T5EncoderModel
+        return T5EncoderModel if attribute == 'text_encoder_3' else CLIPTextModelWithProjection
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str, encoders: dict, tokenizers: dict, config=None) -> TextCondition:
+        """As ``StableDiffusion3Pipeline.encode_prompt`` (no CFG, no clip skip, prompt_2 = prompt_3 =
+        prompt, ``max_sequence_length=256``); ``config``: the transformer's (T5's width when T5 is absent)."""
+        hidden, pooled = [], []
+        clip_length = tokenizers['text_encoder'].model_max_length  # the pipeline's for both CLIPs
+        for attribute in ('text_encoder', 'text_encoder_2'):
+            encoder = encoders[attribute]
+            out = encoder(token_ids(tokenizers[attribute], prompt, encoder, clip_length), output_hidden_states=True)
+            pooled.append(out[0])
+            hidden.append(out.hidden_states[-2])
+        clip = torch.cat(hidden, dim=-1)
+        t5 = encoders.get('text_encoder_3')
+        if t5 is not None:
+            t5_states = t5(token_ids(tokenizers['text_encoder_3'], prompt, t5, T5_TOKENS))[0]
+        else:
+            t5_states = clip.new_zeros(1, T5_TOKENS, config['joint_attention_dim'])
+        clip = F.pad(clip, (0, t5_states.shape[-1] - clip.shape[-1]))
+        return TextCondition(torch.cat([clip, t5_states.to(clip.dtype)], dim=-2), torch.cat(pooled, dim=-1))
+
+    def condition_kwargs(self, text: TextCondition, size: tuple[int, int], config=None) -> dict:
+        return dict(encoder_hidden_states=text.hidden, pooled_projections=text.pooled)
+
+    def image_output(self, module: nn.Module, output):
+        """MMDiT blocks return ``(text tokens, image tokens)`` (text ``None`` in the last block);
+        joint attention ``(image, text)``."""
+        from diffusers.models.attention import JointTransformerBlock
+        if isinstance(module, JointTransformerBlock):
+            return output[1]
+        return super().image_output(module, output)
+
+    # ------------------------------------------------------------------ noise
+    def noise_scheduler(self, pretrained: str, **hub_kwargs):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        return FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder='scheduler', **hub_kwargs)
+
+    def noise_level(self, scheduler, timestep: int, seq_len: int | None = None) -> float:
+        """The authors' mapping: img2img at strength ``t / 1000``, first step of the 28-step schedule."""
+        return img2img_sigma(scheduler.config, timestep, seq_len)
+
+    def model_timestep(self, level) -> float:
+        return float(level) * 1000.0  # the scheduler's timesteps are sigma * 1000, as the pipeline passes
+
+    def add_noise(self, scheduler, latents: torch.Tensor, noise: torch.Tensor, level) -> torch.Tensor:
+        return flow_noise(latents, noise, float(level))
+
+    # ------------------------------------------------------------------ AdaLN
+    def block_modulation(self, block: nn.Module, tokens: torch.Tensor, block_kwargs: dict) -> torch.Tensor:
+        """The block's ``norm1`` (LayerNorm without affine, then ``(1 + scale_msa) x + shift_msa`` from its
+        AdaLN of the block's ``temb``), applied to the block's output image tokens."""
+        return block.norm1(tokens, emb=block_kwargs['temb'])[0]
+
+
+__all__ = ['StableDiffusion3Family', 'T5_TOKENS']
