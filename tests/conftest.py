@@ -63,3 +63,11 @@ def build(cfg):
     from mmseg.registry import MODELS
     import mmseg_gate  # noqa: F401
     return MODELS.build(cfg)
+
+
+@pytest.fixture(scope='session')
+def tiny_dit(tmp_path_factory):
+    """Tiny SD3 (+ ControlNet, LoRAs) and PixArt-Sigma/alpha assets in the diffusers layout (built once)."""
+    from mmseg_gate.testing.tiny_dit import make_tiny_dit
+    root = os.environ.get('MMSEG_GATE_TINY_DIT')  # reuse a prebuilt folder when given
+    return make_tiny_dit(root or tmp_path_factory.mktemp('tiny_dit'))
