@@ -21,6 +21,7 @@ from .families import TextCondition, check_family_options
 from .geometry import prepare_images, sd_size, to_input_grid
 from .inference_blocks import chunk_feed_forward
 from .ip_adapter import IPAdapters
+from .massive_activations import TokenNormalizer
 from .noise import NoisePolicy
 from .prompts import BranchPrompts
 from .stable_diffusion import FrozenStableDiffusion, find_modules, resolve_dtype, run_until_taps
@@ -63,6 +64,12 @@ class GATEDiffusionBackbone(BaseModule):
             feature maps (upsamplers, resnets, ``attentions.N``) or tokens (transformer blocks,
             ``attn1``/``attn2`` and their projections, ``ff``), which are laid back on their latent
             grid (:mod:`.taps`; ``tools/list_taps.py`` lists them). Levels are sorted by stride.
+        token_norm: diffusion transformers: ``'adaln'`` normalises each tapped block's output tokens
+            with LayerNorm without affine and the block's own AdaLN modulation (DiTF's treatment of
+            massive activations, :mod:`.massive_activations`); unvalidated on real data.
+        drop_channels: channels of the tapped blocks' tokens to zero (massive activations): indices,
+            ``{tap: indices}`` or ``'auto'`` (found at build on a seeded calibration input, recorded in
+            checkpoints); unvalidated on real data.
         merge_same_stride: taps that share a stride form one level of concatenated channels
             (``True``) or a level each (``False``).
         attention: cross-attention maps as one more feature (:class:`CrossAttentionMaps`):
@@ -136,6 +143,8 @@ class GATEDiffusionBackbone(BaseModule):
                  sigma: float | None = None,
                  taps: Sequence[str] = GATE_TAPS,
                  merge_same_stride: bool = False,
+                 token_norm: str | None = None,
+                 drop_channels: str | Sequence[int] | dict | None = None,
                  attention: dict | None = None,
                  denoising_from: int | None = None,
                  denoising_scheduler: str | None = None,
@@ -189,7 +198,7 @@ class GATEDiffusionBackbone(BaseModule):
         for spec, t in zip(self.specs, self.timesteps):
             if not 0 <= t < steps:
                 raise ValueError(f'timestep={t} (branch {spec.name!r}) is outside [0, {steps})')
-        check_family_options(sd.family, self.specs, denoising_from, attention, sigma)
+        check_family_options(sd.family, self.specs, denoising_from, attention, sigma, token_norm, drop_channels)
         self.img2img, self.plans, self.timesteps = plan_branches(sd, self.specs, self.timesteps, denoising_from,
                                                                  denoising_scheduler, self.noise_policy.mode)
         self.sigma = None if sigma is None else float(sigma)
@@ -212,6 +221,7 @@ class GATEDiffusionBackbone(BaseModule):
             sd.denoiser.mid_block.register_forward_pre_hook(self.heap.release)
         self.taps = tuple(taps)
         self.tap_modules = find_modules(sd.denoiser, self.taps)
+        self.token_normalizer = TokenNormalizer(sd.family, self.taps, self.tap_modules, token_norm, drop_channels)
         self.attention = None if attention is None else CrossAttentionMaps(sd.denoiser, **attention)
         if sd.family.chunkable_feed_forwards:
             chunk_feed_forward(sd.denoiser, int(feed_forward_chunks),
@@ -253,7 +263,9 @@ class GATEDiffusionBackbone(BaseModule):
         """One tiny denoiser pass on a non-square input to learn each tap's channels, stride and kind."""
         sd = self.sd
         m = max(sd.latent_multiple, 4 // sd.latent_multiple)  # a DiT's 2x3 patches would be 6 tokens: take 4x6
-        latents = torch.zeros(1, sd.denoiser.config.in_channels, 2 * m, 3 * m, dtype=sd.dtype)
+        # seeded noise: also the calibration input of drop_channels='auto'
+        latents = torch.randn(1, sd.denoiser.config.in_channels, 2 * m, 3 * m,
+                              generator=torch.Generator().manual_seed(0)).to(sd.dtype)
         image_hw = (2 * m * sd.vae_scale_factor, 3 * m * sd.vae_scale_factor)
         self._set_adapters(())
         kwargs = sd.condition_kwargs(self.prompts.fixed(0).to(sd.dtype), image_hw)
@@ -261,8 +273,9 @@ class GATEDiffusionBackbone(BaseModule):
             self.ip.set_scales(tuple(0.0 for _ in self.ip.paths))
             kwargs = self.ip.with_image_embeds(kwargs, [self.ip.zero_embeds(1, latents)])
         t = torch.tensor([sd.family.model_timestep(self._noise_level(self.timestep, image_hw))])
-        outs = run_until_taps(sd.denoiser, self._exit_modules, latents, t, return_dict=False,
+        outs = run_until_taps(sd.denoiser, self._exit_modules, latents, timestep=t, return_dict=False,
                               select=sd.family.image_output, **kwargs)
+        self.token_normalizer.calibrate(outs[:len(self.taps)])
         taps = probe_taps(self.taps, outs[:len(self.taps)], image_hw)
         return taps if self.attention is None else [*taps, self.attention.select(image_hw)]
 
@@ -278,6 +291,7 @@ class GATEDiffusionBackbone(BaseModule):
                    dtype=str(self.sd.dtype).replace('torch.', ''))
         overrides = dict(unet=self.sd.unet_path, vae=self.sd.vae_path,  # only when set: older checkpoints match
                          family=self.sd.family.name if self.sd.family.denoiser != 'unet' else None, sigma=self.sigma,
+                         token_norm=self.token_normalizer.provenance(),
                          timesteps=self.timesteps if len(set(self.timesteps) | {self.timestep}) > 1 else None,
                          ip_adapters=self.ip and dict(self.ip.sha256),
                          denoising_from=self.img2img and [p and p.requested for p in self.plans])
@@ -409,14 +423,16 @@ class GATEDiffusionBackbone(BaseModule):
             kwargs = self.ip.with_image_embeds(kwargs, [p.image_embeds for p in parts])
         if full:
             with batch:
-                return self.sd.denoiser(latents, timesteps, down_block_additional_residuals=down,
+                return self.sd.denoiser(latents, timestep=timesteps, down_block_additional_residuals=down,
                                         mid_block_additional_residual=mid, return_dict=False, **kwargs)[0]
         with batch:
             if down is not None or mid is not None:
                 kwargs.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
-            outs = run_until_taps(self.sd.denoiser, self._exit_modules, latents, timesteps, return_dict=False,
+            outs = run_until_taps(self.sd.denoiser, self._exit_modules, latents, timestep=timesteps, return_dict=False,
                                   select=self.sd.family.image_output, **kwargs)
         outs = outs[:len(self.taps)]
+        if self.token_normalizer.active:
+            outs = [self.token_normalizer(i, o) for i, o in enumerate(outs)]
         if self.attention is not None:
             outs.append(self.attention.collect(tuple(s * self.sd.vae_scale_factor for s in latents.shape[-2:])))
         return [[o[j * b:(j + 1) * b] for o in outs] for j in range(n)]

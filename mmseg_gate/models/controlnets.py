@@ -73,7 +73,7 @@ def controlnet_residuals(sd: FrozenStableDiffusion, index: dict[str, str], specs
             text = TextCondition.cat([p.text for p in parts])
             with timed('controlnet'):
                 down, mid = sd.controlnets[index[net.path]](
-                    torch.cat([p.noisy for p in parts]), torch.cat([p.timestep for p in parts]),
+                    torch.cat([p.noisy for p in parts]), timestep=torch.cat([p.timestep for p in parts]),
                     controlnet_cond=cond.repeat(len(chunk), 1, 1, 1), conditioning_scale=net.scale,
                     return_dict=False, **condition_kwargs(text))
             for j, key in enumerate(chunk):

@@ -18,7 +18,7 @@ PROMPT_CACHE_SIZE = 1024  # per-image prompts kept encoded: a dataset's captions
 
 
 class BranchPrompts(nn.Module):
-    """The branches' text conditions, as their UNets and ControlNets get them.
+    """The branches' text conditions, as their denoiser and ControlNets get them.
 
     Args:
         sd: the frozen SD stack with its text encoders still loaded.
@@ -41,6 +41,7 @@ class BranchPrompts(nn.Module):
                 cond = self._encode(spec, spec.prompt)
                 self.register_buffer(f'hidden_{keys[key]}', cond.hidden, persistent=False)
                 self.register_buffer(f'pooled_{keys[key]}', cond.pooled, persistent=False)
+                self.register_buffer(f'mask_{keys[key]}', cond.mask, persistent=False)  # PixArt's T5 mask
             self.branch_prompt.append(keys[key])
 
     def _key(self, spec: BranchSpec, prompt: str) -> tuple:
@@ -61,7 +62,8 @@ class BranchPrompts(nn.Module):
 
     def fixed(self, index: int) -> TextCondition:
         """The ``index``-th encoded configured prompt, ``[1, ...]``."""
-        return TextCondition(getattr(self, f'hidden_{index}'), getattr(self, f'pooled_{index}'))
+        return TextCondition(getattr(self, f'hidden_{index}'), getattr(self, f'pooled_{index}'),
+                             getattr(self, f'mask_{index}'))
 
     def set_prompts(self, prompts: Sequence[str | None] | None) -> None:
         """Per-image prompts (e.g. captions) for the following forwards; ``None`` entries, or branches

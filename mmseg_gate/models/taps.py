@@ -125,7 +125,7 @@ def tappable_modules(pretrained: str, size: tuple[int, int] = (512, 512), **sd_k
                           image_hw[1] // sd.vae_scale_factor, dtype=sd.dtype)
     kwargs = sd.condition_kwargs(text.to(sd.dtype), image_hw)
     t = torch.tensor([sd.family.model_timestep(sd.noise_level(50, image_hw))])
-    return list_tappable(sd.denoiser, lambda: sd.denoiser(latents, t, **kwargs), image_hw, sd.family.image_output)
+    return list_tappable(sd.denoiser, lambda: sd.denoiser(latents, timestep=t, **kwargs), image_hw, sd.family.image_output)
 
 
 __all__ = ['tappable_modules', 'Tap', 'describe_output', 'probe_taps', 'to_feature_map', 'plan_levels', 'feed_forwards_tapped',

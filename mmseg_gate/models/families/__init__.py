@@ -42,7 +42,8 @@ def detect_family(pretrained: str, **hub_kwargs) -> DenoiserFamily:
                      f"{sorted(k for k in components if not k.startswith('_'))}")
 
 
-def check_family_options(family: DenoiserFamily, specs, denoising_from, attention, sigma) -> None:
+def check_family_options(family: DenoiserFamily, specs, denoising_from, attention, sigma, token_norm=None,
+                         drop_channels=None) -> None:
     """Fail at build time for options the family does not have (yet), naming what to change."""
     unet_only = []
     if family.denoiser != 'unet':
@@ -54,6 +55,8 @@ def check_family_options(family: DenoiserFamily, specs, denoising_from, attentio
             unet_only.append('ip_adapters')
         if family.controlnet_class is None and any(s.controlnets for s in specs):
             unet_only.append(f'controlnets (diffusers has no {family.name} ControlNet)')
+    if family.denoiser == 'unet' and (token_norm or drop_channels):
+        unet_only.append('token_norm/drop_channels (for diffusion transformers\' block tokens)')
     if unet_only:
         raise ValueError(f'the {family.name} family does not support ' + '; '.join(unet_only)
                          + ': remove it from the backbone config')

@@ -52,7 +52,7 @@ class StableDiffusion3Family(DiTFamily):
             pooled.append(out[0])
             hidden.append(out.hidden_states[-2])
         clip = torch.cat(hidden, dim=-1)
-        t5 = encoders.get('text_encoder_3')
+        t5 = encoders['text_encoder_3'] if 'text_encoder_3' in encoders else None
         if t5 is not None:
             t5_states = t5(token_ids(tokenizers['text_encoder_3'], prompt, t5, T5_TOKENS))[0]
         else:
