@@ -191,3 +191,37 @@ def test_dit_families_refuse_what_they_lack(tiny_dit):
             path=str(tiny_dit / 'sd3-lora' / 'a.safetensors'))])]))
     with pytest.raises(ValueError, match="drop_text_encoders=\\['text_encoder'\\]"):
         build(_cfg(tiny_dit, 'sd3', drop_text_encoders=('text_encoder',)))
+
+
+@torch.no_grad()
+def test_sd3_controlnet_branch_equals_the_controlnet_pipeline_pieces(tiny_dit, image):
+    """InstantX-kind SD3 ControlNet: canny image VAE-encoded without shift (posterior mode), zero pooled
+    projections, residuals added after each block; a tapped block gives what the next block receives."""
+    from diffusers import SD3ControlNetModel, StableDiffusion3ControlNetPipeline
+    from mmseg_gate.models.conditions import build_condition
+    net = SD3ControlNetModel.from_pretrained(tiny_dit / 'sd3-controlnet')
+    assert net.config.force_zeros_for_pooled_projection
+    pipe = StableDiffusion3ControlNetPipeline.from_pretrained(tiny_dit / 'sd3', controlnet=net)
+    embeds, _, pooled, _ = pipe.encode_prompt(PROMPT, None, None, do_classifier_free_guidance=False)
+    canny = build_condition('canny', (image + 1) * 127.5)
+    control = pipe.image_processor.preprocess(canny, height=64, width=96)  # [0, 1] -> [-1, 1]
+    control = pipe.vae.encode(control).latent_dist.mode() * pipe.vae.config.scaling_factor
+    latents = _latents(pipe.vae, image)
+    noise = torch.randn((1, *latents.shape[1:]), generator=torch.Generator().manual_seed(SEED))
+    noisy, t = 0.8 * latents + 0.2 * noise, torch.tensor([200.0])
+    residuals = net(noisy, controlnet_cond=control, conditioning_scale=0.7, encoder_hidden_states=embeds,
+                    pooled_projections=torch.zeros_like(pooled), timestep=t, return_dict=False)[0]
+    seen = {}
+    blocks = pipe.transformer.transformer_blocks
+    blocks[1].register_forward_pre_hook(lambda m, a, kw: seen.__setitem__(0, kw['hidden_states']), with_kwargs=True)
+    blocks[2].register_forward_hook(lambda m, a, o: seen.__setitem__(2, o[1]))
+    pipe.transformer(hidden_states=noisy, timestep=t, encoder_hidden_states=embeds, pooled_projections=pooled,
+                     block_controlnet_hidden_states=residuals)
+
+    branch = dict(name='canny', controlnets=[dict(path=str(tiny_dit / 'sd3-controlnet'), scale=0.7)])
+    m = build(_cfg(tiny_dit, 'sd3', sigma=0.2, branches=[branch])).eval()
+    out = m(image)
+    for o, k in zip(out, (0, 2)):  # atol 1e-4: our VAE runs channels_last (another oneDNN summation order)
+        torch.testing.assert_close(o, seen[k].transpose(1, 2).reshape(o.shape), rtol=1e-4, atol=1e-4)
+    plain = build(_cfg(tiny_dit, 'sd3', sigma=0.2)).eval()(image)
+    assert not torch.allclose(plain[0], out[0], atol=1e-3)  # the ControlNet steers the features

@@ -427,9 +427,9 @@ class GATEDiffusionBackbone(BaseModule):
                                         mid_block_additional_residual=mid, return_dict=False, **kwargs)[0]
         with batch:
             if down is not None or mid is not None:
-                kwargs.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+                kwargs.update(self.sd.family.residual_kwargs(down, mid))
             outs = run_until_taps(self.sd.denoiser, self._exit_modules, latents, timestep=timesteps, return_dict=False,
-                                  select=self.sd.family.image_output, **kwargs)
+                                  select=self.sd.family.tap_select(self.sd.denoiser, down), **kwargs)
         outs = outs[:len(self.taps)]
         if self.token_normalizer.active:
             outs = [self.token_normalizer(i, o) for i, o in enumerate(outs)]

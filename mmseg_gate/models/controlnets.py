@@ -20,8 +20,8 @@ from .stable_diffusion import FrozenStableDiffusion, check_weights_location, fro
 
 @dataclass
 class BranchInput:
-    """What one branch feeds the UNet and its ControlNets in this forward."""
-    noisy: torch.Tensor          # [B, 4, h, w] noisy latents
+    """What one branch feeds the denoiser and its ControlNets in this forward."""
+    noisy: torch.Tensor          # [B, C, h, w] noisy latents
     timestep: torch.Tensor       # [B]
     text: TextCondition
     key: tuple                   # hashable identity of (noisy latents, timestep, text)
@@ -30,19 +30,16 @@ class BranchInput:
 
 def load_controlnets(sd: FrozenStableDiffusion, specs: Sequence[BranchSpec], dtype: torch.dtype,
                      hub_kwargs: dict) -> dict[str, str]:
-    """Every distinct ControlNet path once into ``sd.controlnets``; returns path -> key there."""
-    from diffusers import ControlNetModel
+    """Every distinct ControlNet path once into ``sd.controlnets`` (the family's ControlNet class);
+    returns path -> key there."""
     paths = list(dict.fromkeys(c.path for s in specs for c in s.controlnets))
     index = {p: str(i) for i, p in enumerate(paths)}
     sd.controlnets = nn.ModuleDict()
     for path, key in index.items():
         check_weights_location(path, 'ControlNet')
-        net = from_pretrained_or_explain(ControlNetModel.from_pretrained, path, 'ControlNet', dtype=dtype,
-                                         **hub_kwargs)
-        if net.config.cross_attention_dim != sd.unet.config.cross_attention_dim:
-            raise ValueError(f'ControlNet {path!r} is for cross_attention_dim={net.config.cross_attention_dim}, '
-                             f'the UNet has {sd.unet.config.cross_attention_dim}: use a ControlNet made for '
-                             'this base model')
+        net = from_pretrained_or_explain(sd.family.controlnet_model_class().from_pretrained, path, 'ControlNet',
+                                         dtype=dtype, **hub_kwargs)
+        sd.family.prepare_controlnet(net, sd.denoiser, path)
         sd.controlnets[key] = net.requires_grad_(False).eval()
     return index
 
@@ -50,7 +47,8 @@ def load_controlnets(sd: FrozenStableDiffusion, specs: Sequence[BranchSpec], dty
 def controlnet_residuals(sd: FrozenStableDiffusion, index: dict[str, str], specs: Sequence[BranchSpec],
                          inputs: Sequence[BranchInput], pixels: torch.Tensor, condition_kwargs: Callable,
                          batch: bool = True, timed=None) -> list[tuple]:
-    """Per branch ``(down residuals, mid residual)`` (``(None, None)`` without ControlNet).
+    """Per branch ``(down residuals, mid residual)`` (``(None, None)`` without ControlNet; DiTs: per-block
+    residuals and no mid).
 
     ``condition_kwargs(text)``: the family's conditioning kwargs for a batch of text conditions.
     Several ControlNets of one branch add up (as diffusers' MultiControlNet).
@@ -60,31 +58,37 @@ def controlnet_residuals(sd: FrozenStableDiffusion, index: dict[str, str], specs
         for net in spec.controlnets:
             calls.setdefault(net, {}).setdefault(inp.key, inp)
     conditions: dict[tuple, torch.Tensor] = {}
+    control_inputs: dict[tuple, torch.Tensor] = {}  # (condition, net path) -> what the net gets
     done: dict[tuple, tuple] = {}  # (ControlNetSpec, input key) -> (down, mid)
     b = pixels.shape[0]
     for net, by_key in calls.items():
         if net.condition_key not in conditions:
             with timed('conditions'):
                 conditions[net.condition_key] = build_condition(net.condition, pixels, **dict(net.condition_cfg))
-        cond = conditions[net.condition_key].to(sd.dtype)
+        module = sd.controlnets[index[net.path]]
+        if (net.condition_key, net.path) not in control_inputs:
+            with timed('conditions'):
+                control_inputs[net.condition_key, net.path] = sd.family.control_input(
+                    sd, conditions[net.condition_key], module)
+        cond = control_inputs[net.condition_key, net.path]
         keys = list(by_key)
         for chunk in ([keys] if batch else [[k] for k in keys]):
             parts = [by_key[k] for k in chunk]
             text = TextCondition.cat([p.text for p in parts])
             with timed('controlnet'):
-                down, mid = sd.controlnets[index[net.path]](
+                down, mid = sd.family.split_residuals(module(
                     torch.cat([p.noisy for p in parts]), timestep=torch.cat([p.timestep for p in parts]),
                     controlnet_cond=cond.repeat(len(chunk), 1, 1, 1), conditioning_scale=net.scale,
-                    return_dict=False, **condition_kwargs(text))
+                    return_dict=False, **sd.family.controlnet_kwargs(module, condition_kwargs(text))))
             for j, key in enumerate(chunk):
-                done[net, key] = ([d[j * b:(j + 1) * b] for d in down], mid[j * b:(j + 1) * b])
+                done[net, key] = ([d[j * b:(j + 1) * b] for d in down], None if mid is None else mid[j * b:(j + 1) * b])
     out = []
     for spec, inp in zip(specs, inputs):
         down = mid = None
         for net in spec.controlnets:
             d, m = done[net, inp.key]
             down = d if down is None else [a + r for a, r in zip(down, d)]
-            mid = m if mid is None else mid + m
+            mid = m if mid is None or m is None else mid + m
         out.append((down, mid))
     return out
 
@@ -108,11 +112,11 @@ def batch_residuals(residuals: list[tuple]) -> tuple:
         residuals.clear()
         return down, mid
     ref_down, ref_mid = next(r for r in residuals if r[0] is not None)
-    zeros = ([torch.zeros_like(d) for d in ref_down], torch.zeros_like(ref_mid))  # x + 0 == x
-    parts = [r if r[0] is not None else zeros for r in residuals]
+    zeros = ([torch.zeros_like(d) for d in ref_down], None if ref_mid is None else torch.zeros_like(ref_mid))
+    parts = [r if r[0] is not None else zeros for r in residuals]  # x + 0 == x
     residuals.clear()
     down = [torch.cat([p[0][j] for p in parts]) for j in range(len(ref_down))]
-    mid = torch.cat([p[1] for p in parts])
+    mid = None if ref_mid is None else torch.cat([p[1] for p in parts])
     return down, mid
 
 

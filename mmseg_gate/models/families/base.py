@@ -124,6 +124,35 @@ class DenoiserFamily:
         """The image part of a tapped module's output (a tensor), as a forward hook sees it."""
         return output[0] if isinstance(output, (tuple, list)) else output
 
+    # ------------------------------------------------------------------ ControlNets
+    def controlnet_model_class(self):
+        import diffusers
+        return getattr(diffusers, self.controlnet_class)
+
+    def prepare_controlnet(self, net: nn.Module, denoiser: nn.Module, path: str) -> None:
+        """Check (and complete) a loaded ControlNet against the denoiser it steers."""
+
+    def control_input(self, sd, condition: torch.Tensor, net: nn.Module) -> torch.Tensor:
+        """What the ControlNet gets as ``controlnet_cond`` for a control image in [0, 1] (UNets: the image)."""
+        return condition.to(sd.dtype)
+
+    def controlnet_kwargs(self, net: nn.Module, kwargs: dict) -> dict:
+        """The ControlNet's conditioning kwargs, from the denoiser's."""
+        return kwargs
+
+    def split_residuals(self, output) -> tuple:
+        """A ControlNet's output as ``(per-block residuals, middle residual or None)``."""
+        down, mid = output
+        return list(down), mid
+
+    def residual_kwargs(self, down, mid) -> dict:
+        """The denoiser kwargs that add the (summed, batched) ControlNet residuals."""
+        return dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+
+    def tap_select(self, denoiser: nn.Module, down):
+        """``select(module, output)`` for the taps of one pass with ControlNet residuals ``down`` (or None)."""
+        return self.image_output
+
     # ------------------------------------------------------------------ noise
     def noise_scheduler(self, pretrained: str, **hub_kwargs):
         """The scheduler whose noising (and timestep meaning) the features use."""

@@ -43,6 +43,12 @@ class StableDiffusionFamily(DenoiserFamily):
             raise ValueError(f'the UNet{where} expects text states of width {cross}, the text encoders give '
                              f'{text_dim}: use a UNet made for this base model')
 
+    def prepare_controlnet(self, net: nn.Module, denoiser: nn.Module, path: str) -> None:
+        if net.config.cross_attention_dim != denoiser.config.cross_attention_dim:
+            raise ValueError(f'ControlNet {path!r} is for cross_attention_dim={net.config.cross_attention_dim}, '
+                             f'the UNet has {denoiser.config.cross_attention_dim}: use a ControlNet made for '
+                             'this base model')
+
     def latent_multiple(self, denoiser: nn.Module) -> int:
         return 2 ** (len(denoiser.config.down_block_types) - 1)
 

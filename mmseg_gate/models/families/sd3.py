@@ -71,6 +71,56 @@ class StableDiffusion3Family(DiTFamily):
             return output[1]
         return super().image_output(module, output)
 
+    # ------------------------------------------------------------------ ControlNets
+    def prepare_controlnet(self, net: nn.Module, denoiser: nn.Module, path: str) -> None:
+        """SD3.5's official ControlNets have no patch embedding of their own: they share the transformer's
+        (as ``StableDiffusion3ControlNetPipeline`` sets up)."""
+        if getattr(net.config, 'use_pos_embed', True) is False:
+            net.pos_embed = net._get_pos_embed_from_transformer(denoiser).to(net.dtype)
+        width = net.config.joint_attention_dim
+        if width is not None and width != denoiser.config.joint_attention_dim:
+            raise ValueError(f'ControlNet {path!r} is for joint_attention_dim={width}, the transformer has '
+                             f'{denoiser.config.joint_attention_dim}: use a ControlNet made for this base model')
+
+    @torch.no_grad()
+    def control_input(self, sd, condition: torch.Tensor, net: nn.Module) -> torch.Tensor:
+        """The control image through the VAE, as ``StableDiffusion3ControlNetPipeline``: in [-1, 1], latents
+        ``(z - shift) * scale`` where InstantX's kind (``force_zeros_for_pooled_projection``) uses no shift;
+        the posterior mode instead of the pipeline's unseeded sample, so features are deterministic."""
+        x = (condition * 2 - 1).to(sd.vae.dtype).contiguous(memory_format=torch.channels_last)
+        z = sd.vae.encode(x).latent_dist.mode().float()
+        shift = 0.0 if net.config.force_zeros_for_pooled_projection else sd.vae.config.shift_factor
+        return ((z - shift) * sd.vae.config.scaling_factor).contiguous().to(sd.dtype)
+
+    def controlnet_kwargs(self, net: nn.Module, kwargs: dict) -> dict:
+        """Zero pooled projections for InstantX's kind; no text states for those without a context embedder."""
+        kwargs = dict(kwargs)
+        if net.config.force_zeros_for_pooled_projection:
+            kwargs['pooled_projections'] = torch.zeros_like(kwargs['pooled_projections'])
+        if net.config.joint_attention_dim is None:
+            kwargs['encoder_hidden_states'] = None
+        return kwargs
+
+    def split_residuals(self, output) -> tuple:
+        return list(output[0]), None
+
+    def residual_kwargs(self, down, mid) -> dict:
+        return dict(block_controlnet_hidden_states=down)
+
+    def tap_select(self, denoiser: nn.Module, down):
+        """With ControlNet residuals, a tapped block gives its image tokens *plus its residual*: what the
+        next block receives (diffusers adds the residual after the block, so a plain hook misses it)."""
+        if down is None:
+            return self.image_output
+        blocks = list(denoiser.transformer_blocks)
+        interval = len(blocks) / len(down)
+        residual = {id(b): down[int(i / interval)] for i, b in enumerate(blocks) if b.context_pre_only is False}
+
+        def select(module, output):
+            out = self.image_output(module, output)
+            return out + residual[id(module)] if id(module) in residual else out
+        return select
+
     # ------------------------------------------------------------------ noise
     def noise_scheduler(self, pretrained: str, **hub_kwargs):
         from diffusers import FlowMatchEulerDiscreteScheduler
