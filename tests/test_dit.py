@@ -225,3 +225,16 @@ def test_sd3_controlnet_branch_equals_the_controlnet_pipeline_pieces(tiny_dit, i
         torch.testing.assert_close(o, seen[k].transpose(1, 2).reshape(o.shape), rtol=1e-4, atol=1e-4)
     plain = build(_cfg(tiny_dit, 'sd3', sigma=0.2)).eval()(image)
     assert not torch.allclose(plain[0], out[0], atol=1e-3)  # the ControlNet steers the features
+
+
+@torch.no_grad()
+def test_per_branch_timesteps_share_one_call_and_equal_single_branch_backbones(tiny_dit, image):
+    """Flow matching per branch: each branch's own t maps to its own sigma, in one batched call."""
+    branches = [dict(name='t50'), dict(name='t300', timestep=300)]
+    amal = dict(hidden_channels=8, refine_blocks=1, fuse_blocks=1)
+    m = build(_cfg(tiny_dit, 'sd3', taps=('transformer_blocks.1',), branches=branches, amalgamation=amal)).eval()
+    assert m.branch_groups == [[0, 1]]
+    out = m.extract(image)[0]
+    for branch, t in enumerate((50, 300)):
+        single = build(_cfg(tiny_dit, 'sd3', taps=('transformer_blocks.1',), timestep=t)).eval()
+        torch.testing.assert_close(out[branch], single(image)[0], rtol=1e-4, atol=1e-5)

@@ -33,7 +33,10 @@ GATE_TAPS = ('up_blocks.0.upsamplers.0', 'up_blocks.1.upsamplers.0', 'up_blocks.
 
 @MODELS.register_module()
 class GATEDiffusionBackbone(BaseModule):
-    """Stable Diffusion UNet features for segmentation, with GATE's content-shift suppression.
+    """Diffusion features for segmentation, with GATE's content-shift suppression.
+
+    The frozen denoiser is a UNet (SD1.x/2.x, SDXL) or a diffusion transformer (SD3/SD3.5, PixArt-Sigma/
+    alpha); what differs between them is its family's business (:mod:`.families`).
 
     Input: images normalised by the data preprocessor; by default ``mean=std=127.5`` so they are
     in [-1, 1] as SD expects (RGB: keep ``bgr_to_rgb=True``). Give the preprocessor's ``mean`` and
@@ -43,8 +46,10 @@ class GATEDiffusionBackbone(BaseModule):
     GATE taps) as every mmseg backbone; ``out_channels`` gives the head's ``in_channels``.
 
     Args:
-        pretrained: local diffusers folder or hub id of a Stable Diffusion model: SD1.x, SD2.x
-            (also 768 v-prediction) or SDXL, told apart by the folder (:mod:`.families`).
+        pretrained: local diffusers folder or hub id of a pipeline: SD1.x, SD2.x (also 768
+            v-prediction), SDXL, SD3/SD3.5 or PixArt-Sigma/alpha, told apart by the folder (:mod:`.families`).
+            DiTs: taps are ``transformer_blocks.N`` (image tokens on the 1/16 grid), LoRAs only for SD3,
+            ControlNets only for SD3; ``denoising_from``, ``attention`` and IP-Adapters are UNet-only.
         branches: list of dicts ``dict(name, prompt=None, timestep=None, denoising_from=None,
             loras=[dict(path, scale)], controlnets=[dict(path, condition='canny', scale=1.0,
             condition_cfg={})], ip_adapters=[dict(path, image_encoder, scale=1.0)])``; a branch's own
@@ -128,8 +133,8 @@ class GATEDiffusionBackbone(BaseModule):
             cost page faults). No effect on GPU or without glibc.
         vae: another VAE (folder or hub id), e.g. ``madebyollin/sdxl-vae-fp16-fix`` to run SDXL's VAE in
             fp16 (without it an fp16 SDXL VAE runs in float32: it overflows in fp16).
-        unet: another UNet (folder with ``config.json``, pipeline folder or hub id): a fine-tune
-            (CleanDIFT, DreamBooth) with ``pretrained``'s VAE, text encoders and scheduler.
+        unet: another denoiser, UNet or transformer (folder with ``config.json``, pipeline folder or hub id):
+            a fine-tune (CleanDIFT, DreamBooth) with ``pretrained``'s VAE, text encoders and scheduler.
         drop_text_encoders: optional text encoders not to load: ``('text_encoder_3',)`` drops SD3's T5 (4.7 B
             parameters); its tokens are then zeros, as in diffusers without it.
         hub_kwargs: extra ``from_pretrained`` kwargs (``revision``, ``local_files_only``, ...).
