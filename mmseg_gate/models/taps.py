@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .stable_diffusion import _first
+
 
 @dataclass(frozen=True)
 class Tap:
@@ -86,10 +88,6 @@ def feed_forwards_tapped(model: nn.Module, names: Sequence[str]) -> set[nn.Modul
             and any(n == f'{prefix}.ff' or n.startswith(f'{prefix}.ff.') for n in names)}
 
 
-def _first(module: nn.Module, output):
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
 def list_tappable(model: nn.Module, run: Callable[[], None], image_hw: tuple[int, int], select=_first) -> list[Tap]:
     """Every module of ``model`` whose output in ``run()`` (a full forward on an SD input of
     ``image_hw``) is a feature map or tokens on a latent grid, in the order the forward calls them."""
@@ -125,7 +123,16 @@ def tappable_modules(pretrained: str, size: tuple[int, int] = (512, 512), **sd_k
                           image_hw[1] // sd.vae_scale_factor, dtype=sd.dtype)
     kwargs = sd.condition_kwargs(text.to(sd.dtype), image_hw)
     t = torch.tensor([sd.family.model_timestep(sd.noise_level(50, image_hw))])
-    return list_tappable(sd.denoiser, lambda: sd.denoiser(latents, timestep=t, **kwargs), image_hw, sd.family.image_output)
+
+    def select(module, output):
+        out = sd.family.image_output(module, output)
+        # 4-D outputs that are no map on the image's grid: per-head tokens [B, heads, N, d] (a DiT's q/k norms)
+        if isinstance(out, torch.Tensor) and out.ndim == 4:
+            stride = image_hw[1] // out.shape[-1]
+            if not stride or out.shape[-2:] != (-(-image_hw[0] // stride), -(-image_hw[1] // stride)):
+                return None
+        return out
+    return list_tappable(sd.denoiser, lambda: sd.denoiser(latents, timestep=t, **kwargs), image_hw, select)
 
 
 __all__ = ['tappable_modules', 'Tap', 'describe_output', 'probe_taps', 'to_feature_map', 'plan_levels', 'feed_forwards_tapped',
