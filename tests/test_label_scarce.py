@@ -126,11 +126,18 @@ def cached(tiny, horse_root, tmp_path_factory):
     return live, cache, root
 
 
-def test_cached_features_equal_the_live_backbone(cached, horse_root):
+@pytest.fixture(scope='module')
+def live_model(cached):
+    """The live model of ``cached``, built once. The head test trains it: only the amalgamation and the head
+    change, not ``backbone.extract()`` (frozen SD, fixed noise), so the tests hold in either order."""
+    return build(copy.deepcopy(cached[0].model))
+
+
+def test_cached_features_equal_the_live_backbone(cached, live_model, horse_root):
     from mmengine.dataset import pseudo_collate
     from mmseg_gate.cache import FeatureCache
     live, cache, root = cached
-    model = build(copy.deepcopy(live.model)).eval()
+    model = live_model.eval()
     store = FeatureCache(str(root), backbone=live.model.backbone, pipeline=live.cache_pipeline)
     assert store.meta['gate_frozen'] == model.backbone.frozen_provenance()
     ds = _dataset(horse_root, live.cache_pipeline, split='all')
@@ -143,12 +150,12 @@ def test_cached_features_equal_the_live_backbone(cached, horse_root):
             assert g.dtype == torch.float32 and torch.equal(g, torch.cat(w, 0))  # [branches, C, h, w]
 
 
-def test_head_trained_from_the_cache_equals_live_training(cached, tmp_path):
+def test_head_trained_from_the_cache_equals_live_training(cached, live_model):
     from mmengine.dataset import pseudo_collate
     from mmengine.optim import build_optim_wrapper
     from mmseg.registry import DATASETS
     live_cfg, cache_cfg, _ = cached
-    models = [build(copy.deepcopy(live_cfg.model)), build(copy.deepcopy(cache_cfg.model))]
+    models = [live_model, build(copy.deepcopy(cache_cfg.model))]
     models[0].init_weights()
     state = models[0].state_dict()
     assert set(state) == set(models[1].state_dict())  # same keys: checkpoints move between the two
@@ -170,12 +177,29 @@ def test_head_trained_from_the_cache_equals_live_training(cached, tmp_path):
         assert torch.allclose(v.float(), models[1].state_dict()[k].float(), rtol=1e-4, atol=1e-5), k
 
 
-def test_split_runner_on_the_cache(cached, tmp_path, capsys):
-    from mmseg_gate.label_scarce import run_splits
+def test_split_command_prints_mean_and_std(cached, tmp_path, monkeypatch, capsys):
+    """tools/label_scarce_splits.py through its command line (two seeds here, five by default): one line
+    `mIoU mean ± std over N splits (split s: v, ...)`, splits.json with the same numbers, a run per split."""
+    import json
+    import re
+    import runpy
+    import sys
+    from pathlib import Path
     _, cache_cfg, _ = cached
-    result = run_splits(copy.deepcopy(cache_cfg), seeds=(0, 1), work_dir=str(tmp_path))
-    assert set(result['scores']) == {0, 1} and 0 <= result['mean'] <= 100
-    assert result['std'] == pytest.approx(np.std(list(result['scores'].values()), ddof=1))
+    cache_cfg.dump(str(tmp_path / 'cfg.py'))
+    tool = Path(__file__).resolve().parents[1] / 'tools' / 'label_scarce_splits.py'
+    monkeypatch.setattr(sys, 'argv', [str(tool), str(tmp_path / 'cfg.py'), '--seeds', '0', '1',
+                                      '--work-dir', str(tmp_path / 'runs')])
+    runpy.run_path(str(tool), run_name='__main__')
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    m = re.fullmatch(r'mIoU (\d+\.\d\d) ± (\d+\.\d\d) over 2 splits \(split 0: (\d+\.\d\d), split 1: (\d+\.\d\d)\)', line)
+    assert m, line
+    result = json.loads((tmp_path / 'runs' / 'splits.json').read_text())
+    scores = [result['scores'][k] for k in ('0', '1')]
+    assert result['metric'] == 'mIoU' and all(0 <= v <= 100 for v in scores)
+    assert result['mean'] == pytest.approx(np.mean(scores)) and result['std'] == pytest.approx(np.std(scores, ddof=1))
+    assert [float(g) for g in m.groups()] == [round(v, 2) for v in (result['mean'], result['std'], *scores)]
+    assert all((tmp_path / 'runs' / f'split{s}').is_dir() for s in (0, 1))
 
 
 def test_stale_cache_is_refused(cached):
@@ -205,6 +229,12 @@ def test_label_scarce_configs_parse_and_the_tiny_head_fits_its_backbone(tiny):
         assert live.model.type == 'EncoderDecoder' and cached.model.type == 'CachedFeatureEncoderDecoder'
         assert cached.model.backbone == live.model.backbone  # what the cache's hash is checked against
         assert cached.cache_preprocessor == live.model.data_preprocessor
+        assert cached.model.decode_head == live.model.decode_head
+        for key in ('train_dataloader', 'test_dataloader'):  # the same data (bedroom: set again over horse's)
+            ds, live_ds = cached[key].dataset, live[key].dataset
+            assert {k: v for k, v in ds.items() if k != 'pipeline'} == {k: v for k, v in live_ds.items() if k != 'pipeline'}
+            assert ds.pipeline[0] == dict(type='LoadCachedFeatures', cache_root=cached.cache_root) == dict(
+                type='LoadCachedFeatures', cache_root=cached.model.cache_root)
     assert Config.fromfile(str(root / 'linear_probe_ade20k_cached.py')).model.type == 'CachedFeatureEncoderDecoder'
     cfg = Config.fromfile(str(root / 'tiny_horse21.py'))
     canny = dict(cfg.model.backbone.branches[1].controlnets[0], path=str(tiny / 'controlnet-canny'))
