@@ -238,3 +238,14 @@ def test_per_branch_timesteps_share_one_call_and_equal_single_branch_backbones(t
     for branch, t in enumerate((50, 300)):
         single = build(_cfg(tiny_dit, 'sd3', taps=('transformer_blocks.1',), timestep=t)).eval()
         torch.testing.assert_close(out[branch], single(image)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_an_unsupported_pipeline_folder_is_named(tmp_path):
+    import json
+    from mmseg_gate.models.families import detect_family
+    (tmp_path / 'model_index.json').write_text(json.dumps(dict(_class_name='FluxPipeline', transformer=['diffusers', 'x'],
+                                                               text_encoder_2=['transformers', 'T5EncoderModel'])))
+    with pytest.raises(ValueError, match="no pipeline of a supported family .*'FluxPipeline'"):
+        detect_family(str(tmp_path))
+    (tmp_path / 'empty').mkdir()
+    assert detect_family(str(tmp_path / 'empty')).name == 'sd'  # no pipeline at all: SD's layout check explains

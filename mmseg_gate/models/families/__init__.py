@@ -37,6 +37,8 @@ def detect_family(pretrained: str, **hub_kwargs) -> DenoiserFamily:
     for family in FAMILIES.values():
         if family.matches(components):
             return family
+    if '_class_name' not in components:  # no pipeline at all: checked as SD's layout, whose message lists the folders
+        return FAMILIES['sd']
     raise ValueError(f'{str(pretrained)!r} is no pipeline of a supported family ({sorted(FAMILIES)}): its '
                      f"model_index.json names {components.get('_class_name')!r} with components "
                      f"{sorted(k for k in components if not k.startswith('_'))}")
