@@ -45,6 +45,8 @@ def _hooked(transformer, names, select):
 def test_sd3_branch_equals_the_pipeline_pieces_and_the_authors_sigma(tiny_dit, image):
     from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline
     pipe = StableDiffusion3Pipeline.from_pretrained(tiny_dit / 'sd3')
+    assert pipe.transformer.config.dual_attention_layers == [0]  # SD3.5-medium's dual attention is exercised
+    assert (pipe.vae.config.shift_factor, pipe.vae.config.scaling_factor) == (0.0609, 1.5305)
     embeds, _, pooled, _ = pipe.encode_prompt(PROMPT, None, None, do_classifier_free_guidance=False)
     # the authors' t=50: img2img at strength 0.05 through the 28-step shifted schedule, first step
     img2img = StableDiffusion3Img2ImgPipeline(**pipe.components)
@@ -165,6 +167,7 @@ def test_sd3_lora_branches_equal_load_lora_weights(tiny_dit, image):
     pipe = StableDiffusion3Pipeline.from_pretrained(tiny_dit / 'sd3')
     for k, p in lora.items():
         pipe.load_lora_weights(p, adapter_name=k)
+    assert pipe.transformer.peft_config['a'].lora_alpha == 8.0  # alpha kept in the file's metadata (rank 4)
     latents = _latents(pipe.vae, image)
     noise = torch.randn((1, *latents.shape[1:]), generator=torch.Generator().manual_seed(SEED))
     for branch, adapters in enumerate([[], ['a'], ['b']]):
