@@ -252,3 +252,28 @@ def test_an_unsupported_pipeline_folder_is_named(tmp_path):
         detect_family(str(tmp_path))
     (tmp_path / 'empty').mkdir()
     assert detect_family(str(tmp_path / 'empty')).name == 'sd'  # no pipeline at all: SD's layout check explains
+
+
+@torch.no_grad()
+def test_lora_extracted_from_a_fine_tuned_sd3_folder_equals_the_lora(tiny_dit, image, tmp_path):
+    """tools/extract_lora.py's functions on SD3: LoRA b merged into the transformer and the first CLIP,
+    saved as a folder, extracted back at its rank: the branch features equal those of the original file."""
+    from diffusers import StableDiffusion3Pipeline
+    from mmseg_gate.lora.extract import extract_lora, load_models, relative_error
+    from mmseg_gate.lora.files import save_lora
+    original = str(tiny_dit / 'sd3-lora' / 'b.safetensors')
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_dit / 'sd3')
+    pipe.load_lora_weights(original)
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    pipe.save_pretrained(tmp_path / 'tuned')
+    base = load_models(str(tiny_dit / 'sd3'), str(tiny_dit / 'sd3'), '--base')
+    assert set(base) == {'transformer', 'text_encoder', 'text_encoder_2'}
+    layers, reports = extract_lora(base, load_models(str(tmp_path / 'tuned'), str(tiny_dit / 'sd3'), '--tuned'),
+                                   rank=2, progress=False)
+    assert relative_error(reports) < 1e-4 and {'transformer', 'text_encoder'} <= {r.model for r in reports}
+    extracted = save_lora(tmp_path / 'b.safetensors', layers, StableDiffusion3Pipeline)
+    feats = [build(_cfg(tiny_dit, 'sd3', taps=('transformer_blocks.1',), sigma=0.2,
+                        branches=[dict(name='b', loras=[dict(path=str(p))])])).eval()(image)[0]
+             for p in (original, extracted)]
+    torch.testing.assert_close(feats[1], feats[0], rtol=1e-3, atol=1e-4)

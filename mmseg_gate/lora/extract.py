@@ -25,7 +25,7 @@ PICKLE_SUFFIXES = ('.ckpt', '.pt', '.pth', '.bin')
 
 @dataclass
 class LayerReport:
-    model: str   # 'unet' | 'text_encoder'
+    model: str   # 'unet' | 'transformer' | 'text_encoder' | 'text_encoder_2'
     name: str
     kind: str    # 'linear' | 'conv1x1' | 'conv3x3' ...
     rank: int
@@ -44,21 +44,28 @@ def _check_exists(path: str, what: str) -> Path:
 
 def load_models(path: str, base: str, what: str, allow_pickle: bool = False,
                 text_encoder: bool = True) -> dict[str, nn.Module]:
-    """The UNet (and text encoder) of a diffusers folder or of a single-file SD checkpoint.
+    """The denoiser (and the text encoders LoRA files carry) of a diffusers folder or of a single-file
+    checkpoint, for ``base``'s model family (SD1/2, SDXL's UNet; SD3's transformer and two CLIPs).
 
     Single files go through diffusers' own single-file loading, with ``base`` as the config source
     (no download); pickled checkpoints (``.ckpt``/``.pt``) only when ``allow_pickle``.
     """
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from diffusers import AutoencoderKL
+    from ..models.families import detect_family
+    family = detect_family(base)
     p = _check_exists(path, what)
     if p.is_dir():
-        if not (p / 'unet').is_dir():
-            raise FileNotFoundError(f'{what} {str(path)!r} is not a diffusers folder (no unet/ inside)')
-        models = {'unet': UNet2DConditionModel.from_pretrained(str(p), subfolder='unet')}
+        if not (p / family.denoiser).is_dir():
+            raise FileNotFoundError(f'{what} {str(path)!r} is not a diffusers folder (no {family.denoiser}/ inside)')
+        models = {family.denoiser: family.denoiser_model_class().from_pretrained(str(p), subfolder=family.denoiser)}
         if text_encoder:
-            models['text_encoder'] = CLIPTextModel.from_pretrained(str(p), subfolder='text_encoder')
+            for attribute in family.lora_text_encoders:
+                models[attribute] = family.text_encoder_class(attribute).from_pretrained(str(p), subfolder=attribute)
         return models
+    if family.name != 'sd':
+        raise ValueError(f'{what} {str(path)!r}: single-file checkpoints are read for SD1.x/2.x bases; for '
+                         f'{family.name}, give the fine-tuned model as a diffusers folder')
+    from diffusers import StableDiffusionPipeline
     if p.suffix in PICKLE_SUFFIXES and not allow_pickle:
         raise ValueError(f'{what} {str(path)!r} is a pickle ({p.suffix}): loading it can run arbitrary code. '
                          'Convert it to .safetensors, or pass --allow-pickle if you trust its source.')

@@ -26,15 +26,19 @@ def lora_config_dict(ranks: dict[str, int], alphas: dict[str, float]) -> dict:
     return out
 
 
-def save_lora(path: str | Path, layers: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]]) -> Path:
+def save_lora(path: str | Path, layers: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]],
+              pipeline=None) -> Path:
     """Write a LoRA file that ``GATEDiffusionBackbone`` and diffusers' ``load_lora_weights`` read.
 
     Args:
         path: the ``.safetensors`` file to write.
-        layers: per model (``'unet'``, ``'text_encoder'``) ``module name -> (down, up, alpha)``, with
-            ``down`` the peft ``lora_A`` weight and ``up`` the ``lora_B`` weight.
+        layers: per model (``'unet'`` or ``'transformer'``, ``'text_encoder'``, ...) ``module name -> (down,
+            up, alpha)``, with ``down`` the peft ``lora_A`` weight and ``up`` the ``lora_B`` weight.
+        pipeline: the diffusers pipeline class whose ``save_lora_weights`` writes the family's format
+            (default: ``StableDiffusionPipeline``; SD3: ``StableDiffusion3Pipeline``).
     """
     from diffusers import StableDiffusionPipeline
+    pipeline = pipeline or StableDiffusionPipeline
     path = Path(path)
     if path.suffix != '.safetensors':
         raise ValueError(f'{path}: LoRA files are written as .safetensors')
@@ -52,8 +56,7 @@ def save_lora(path: str | Path, layers: dict[str, dict[str, tuple[torch.Tensor, 
     if not kwargs:
         raise ValueError('no LoRA layers to write')
     path.parent.mkdir(parents=True, exist_ok=True)
-    StableDiffusionPipeline.save_lora_weights(str(path.parent), weight_name=path.name, safe_serialization=True,
-                                              **kwargs)
+    pipeline.save_lora_weights(str(path.parent), weight_name=path.name, safe_serialization=True, **kwargs)
     return path
 
 
