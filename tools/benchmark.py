@@ -8,6 +8,9 @@ process so that peak memory is its own; with the same noise and posterior mode t
 agree (max_abs_diff).
 
   python tools/benchmark.py --preset sd15 --size 512 --batch 1 --branches gate --json bench.json
+
+Diffusion transformers (``--preset sd35m``, ``pixart``; ``tiny-sd3``, ``tiny-pixart`` for tests): see
+tools/benchmark_dit.py for their branches, taps, depth and reference-style extractor.
 """
 from __future__ import annotations
 
@@ -34,8 +37,13 @@ SDXL_TAPS = dict(taps=('up_blocks.1.upsamplers.0', 'up_blocks.1.attentions.0.tra
 PROMPT = 'a highly realistic photo of the real world. high quality.'
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmark_dit as dit  # noqa: E402  (beside this file)
+
 
 def branch_dicts(assets: Path, which: str, preset: str = 'sd15') -> list[dict]:
+    if preset in dit.DIT_PRESETS:
+        return dit.dit_branches(assets, preset, PROMPT)[:1 if which == 'basic' else None]
     canny = dict(path=str(assets / 'controlnet-canny'), condition='canny', scale=1.0)
     if which == 'basic':
         return [dict(name='basic')]
@@ -139,7 +147,7 @@ def build_trainable(out_channels: list[int], n_branches: int, preset: str, devic
     from mmseg.utils import register_all_modules
     from mmseg_gate.models.amalgamation import Amalgamation
     register_all_modules()
-    big = preset != 'tiny'
+    big = preset not in ('tiny', 'tiny-sd3', 'tiny-pixart')
     norm = dict(type='BN', requires_grad=True)
     amalg = Amalgamation(out_channels, n_branches, hidden_channels=128 if big else 16,
                          refine_blocks=4 if big else 1, fuse_blocks=2 if big else 1)
@@ -167,11 +175,16 @@ def worker(args) -> None:
     img = torch.load(io_dir / 'inputs.pt', weights_only=True).to(device)
     branches = branch_dicts(Path(args.assets), args.branches, args.preset)
     t0 = time.perf_counter()
+    is_dit = args.preset in dit.DIT_PRESETS
+    if is_dit:
+        pretrained, taps = dit.pipeline_folder(Path(args.assets), args.preset), dict(
+            taps=dit.dit_taps(dit.num_blocks(Path(args.assets), args.preset)))
+    else:
+        pretrained, taps = Path(args.assets) / 'sd', SDXL_TAPS if args.preset == 'sdxl' else dict(taps=TAPS)
     if args.worker == 'gate':
         from mmseg.registry import MODELS
-        backbone = MODELS.build(dict(type='GATEDiffusionBackbone', pretrained=str(Path(args.assets) / 'sd'),
-                                     branches=branches, prompt=PROMPT, timestep=50, dtype=args.dtype,
-                                     **(SDXL_TAPS if args.preset == 'sdxl' else dict(taps=TAPS)),
+        backbone = MODELS.build(dict(type='GATEDiffusionBackbone', pretrained=str(pretrained),
+                                     branches=branches, prompt=PROMPT, timestep=50, dtype=args.dtype, **taps,
                                      # the reference's noise: one seeded pattern for all branches, posterior
                                      # mode (the default 'gate' policy costs the same: per-branch draws only)
                                      noise='fixed',
@@ -182,6 +195,11 @@ def worker(args) -> None:
         backbone.amalgamation = None
         extract, models = backbone.extract, [backbone.frozen_modules()]
         out_channels = [sum(backbone.tap_info[i].channels for i in level) for level in backbone.levels]
+    elif is_dit:
+        ref = dit.DiTReferenceExtractor(Path(args.assets), args.preset, branches, PROMPT, dtype, device, 50,
+                                        args.reference_sample_posterior)
+        extract, models = ref.extract, list(ref.models())
+        out_channels = None
     else:
         ref = ReferenceExtractor(Path(args.assets), branches, dtype, device, 50, args.reference_sample_posterior)
         extract, models = ref.extract, list(ref.models())
@@ -252,11 +270,17 @@ def _samples(labels):
 # ---------------------------------------------------------------------------------------------- driver
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--preset', choices=['tiny', 'sd15', 'sdxl'], default='tiny',
+    parser.add_argument('--preset', choices=['tiny', 'sd15', 'sdxl', *dit.DIT_PRESETS], default='tiny',
                         help='tiny test models, SD1.5-shaped random weights (~6 GB, made once) or SDXL-shaped '
-                             'ones (~19 GB; ours only: --modes gate)')
+                             'ones (~19 GB; ours only: --modes gate); sd35m / pixart: SD3.5-medium- / '
+                             'PixArt-Sigma-XL-shaped (made once, --dit-blocks deep), tiny-sd3 / tiny-pixart: '
+                             'the tiny DiT test assets (tools/benchmark_dit.py)')
     parser.add_argument('--assets', default=None,
-                        help='asset folder (default: data/tiny_sd, data/sd15_random or data/sdxl_random)')
+                        help='asset folder (default: data/tiny_sd, data/sd15_random, data/sdxl_random, '
+                             'data/sd35m_random_b<N>, data/pixart_sigma_random_b<N> or data/tiny_dit)')
+    parser.add_argument('--dit-blocks', type=int, default=None,
+                        help='sd35m / pixart: transformer blocks of the random assets (default '
+                             f'{dit.DEFAULT_BLOCKS}; the real models have 24 / 28; widths are always the real ones)')
     parser.add_argument('--size', type=int, default=512, help='square input side, multiple of 64')
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--branches', choices=['basic', 'gate', 'ip'], default='gate',
@@ -286,9 +310,14 @@ def main() -> None:
         parser.error('--preset sdxl times ours only (the reference code has no SDXL segmentation): add --modes gate')
     if args.dtype is None:
         args.dtype = 'fp32' if args.device == 'cpu' else 'bf16'
+    if args.branches == 'ip' and args.preset in dit.DIT_PRESETS:
+        parser.error(f'--branches ip is for the SD presets (got --preset {args.preset})')
     from mmseg_gate.testing.tiny_models import make_sd15_shaped, make_sdxl_shaped, make_tiny_sd
     makers = dict(tiny=(make_tiny_sd, 'data/tiny_sd'), sd15=(make_sd15_shaped, 'data/sd15_random'),
                   sdxl=(make_sdxl_shaped, 'data/sdxl_random'))
+    for name in dit.DIT_PRESETS:
+        makers[name] = (lambda out, name=name: dit.make_assets(name, out, args.dit_blocks),
+                        dit.default_assets(name, args.dit_blocks))
     if args.assets is None:
         args.assets = makers[args.preset][1]
     if args.worker:
@@ -324,6 +353,10 @@ def main() -> None:
                             device=args.device, dtype=args.dtype, train_step=args.train_step, iters=args.iters,
                             torch=torch.__version__, date=time.strftime('%Y-%m-%d'),
                             threads=torch.get_num_threads(), gate_options=args.gate_options)
+    if args.preset in dit.DIT_PRESETS:
+        results['setup']['model'] = dit.describe(Path(args.assets), args.preset)
+        results['setup']['branch_names'] = [b['name'] for b in
+                                            branch_dicts(Path(args.assets), args.branches, args.preset)]
     report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

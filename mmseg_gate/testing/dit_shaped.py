@@ -1,0 +1,158 @@
+"""Real-size random diffusion-transformer assets for ``tools/benchmark.py --preset sd35m / pixart``.
+
+Written once into a cache folder (skipped when ``DIR/.complete`` exists, as ``make_sd15_shaped``), laid
+out as :mod:`.tiny_dit`'s folders so the same loading code and benchmark run on both:
+
+    DIR/sd3/                    StableDiffusion3Pipeline folder: an SD3.5-medium-shaped transformer
+                                (1536 wide, 24 heads x 64, joint_attention_dim 4096, pooled 2048, dual
+                                attention in blocks 0..12, RMS q/k norm, pos_embed_max_size 384) with
+                                ``num_layers`` of SD3.5-medium's 24 blocks, SD3's VAE shape (16 latent
+                                channels, shift 0.0609, scale 1.5305), tiny stand-in text encoders
+    DIR/sd3-controlnet/         SD3ControlNetModel, InstantX kind (VAE-encoded control image, zero pooled
+                                projections) with num_layers / 4 blocks (InstantX's SD3 canny: 6 of 24)
+    DIR/sd3-lora/a.safetensors  diffusers format, rank 64 / alpha 32 (the paper's rank): image-stream attention
+    DIR/sd3-lora/b.safetensors  diffusers format, rank 64 / alpha 32: text-stream attention and feed-forwards
+    DIR/pixart-sigma/           PixArtSigmaPipeline folder: PixArt-Sigma-XL-2-512-MS-shaped transformer (1152
+                                wide, 16 heads x 72, caption_channels 4096) with ``num_layers`` of its 28
+                                blocks, SDXL's VAE shape, a tiny stand-in T5
+
+Widths are the real models'; only depth is a parameter (three SD3.5-medium copies, 30 GB in fp32, do not fit
+a 24 GiB machine). Text encoders are tiny stand-ins of the right output widths (CLIP pooled 768 + 1280 =
+2048, T5 d_model 4096, one layer): prompts are encoded once per branch in either benchmark mode, so their
+cost is not what the benchmark compares. VAEs are random with :mod:`.tiny_dit`'s calibration (scaled latents
+of about unit variance). LoRA up-projections are small (std 0.002) so the adapted transformer stays sane.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .tiny_dit import _sort_safetensors_metadata, _save_t5_tokenizer, _tiny_vae
+from .tiny_models import SD15_VAE, _made_once, _randomize_, _save_tokenizer
+
+#: stabilityai/stable-diffusion-3.5-medium's transformer configuration (num_layers replaced by the maker's)
+SD35M_TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                         num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                         pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384,
+                         dual_attention_layers=tuple(range(13)), qk_norm='rms_norm')
+#: SD3's VAE: SD's encoder/decoder widths, 16 latent channels, no quant convs
+SD3_VAE = dict(SD15_VAE, latent_channels=16, sample_size=1024, shift_factor=0.0609, scaling_factor=1.5305,
+               use_quant_conv=False, use_post_quant_conv=False, force_upcast=True)
+#: SDXL's VAE (PixArt-Sigma ships it)
+SDXL_VAE = dict(SD15_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+#: PixArt-alpha/PixArt-Sigma-XL-2-512-MS's transformer configuration (num_layers replaced by the maker's)
+PIXART_SIGMA_XL = dict(sample_size=64, patch_size=2, in_channels=4, out_channels=8, num_layers=28,
+                       attention_head_dim=72, num_attention_heads=16, cross_attention_dim=1152, caption_channels=4096,
+                       norm_type='ada_norm_single', norm_elementwise_affine=False, norm_eps=1e-6, attention_bias=True,
+                       activation_fn='gelu-approximate', num_embeds_ada_norm=1000, use_additional_conditions=False)
+#: stand-in text encoders with the real output widths
+STANDIN_CLIP_L = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      max_position_embeddings=77, hidden_act='quick_gelu', projection_dim=768)
+STANDIN_CLIP_G = dict(STANDIN_CLIP_L, hidden_act='gelu', projection_dim=1280)
+STANDIN_T5 = dict(d_model=4096, d_kv=64, d_ff=256, num_layers=1, num_heads=2, relative_attention_num_buckets=32,
+                  relative_attention_max_distance=128, feed_forward_proj='gated-gelu', dropout_rate=0.0,
+                  layer_norm_epsilon=1e-6, is_encoder_decoder=False, use_cache=False)
+#: the paper's LoRA rank / alpha
+LORA_RANK, LORA_ALPHA, LORA_UP_STD = 64, 32.0, 0.002
+SD3_LORA_TARGETS = dict(a=['to_q', 'to_k', 'to_v', 'to_out.0'],
+                        b=['add_q_proj', 'add_k_proj', 'add_v_proj', 'to_add_out', 'ff.net.0.proj', 'ff.net.2'])
+
+
+def _t5(seed: int, vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                                   **STANDIN_T5)).eval()
+
+
+def _clip(seed: int, vocab_size: int, cfg: dict):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    torch.manual_seed(seed)
+    return CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1,
+                                                      pad_token_id=1, **cfg)).eval()
+
+
+def sd35m_config(num_layers: int) -> dict:
+    return dict(SD35M_TRANSFORMER, num_layers=num_layers,
+                dual_attention_layers=tuple(i for i in SD35M_TRANSFORMER['dual_attention_layers'] if i < num_layers))
+
+
+@torch.no_grad()
+def _write_sd35m(out: Path, num_layers: int, seed: int = 40) -> None:
+    from diffusers import (FlowMatchEulerDiscreteScheduler, SD3ControlNetModel, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from transformers import CLIPTokenizer, T5TokenizerFast
+    sd3 = out / 'sd3'
+    vocab = _save_tokenizer(sd3 / 'tokenizer')
+    _save_tokenizer(sd3 / 'tokenizer_2')
+    _save_t5_tokenizer(sd3 / 'tokenizer_3')
+    tokenizer_3 = T5TokenizerFast.from_pretrained(str(sd3 / 'tokenizer_3'))
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(**sd35m_config(num_layers)).eval()
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, vae=_tiny_vae(SD3_VAE, seed + 1),
+        text_encoder=_clip(seed + 2, vocab, STANDIN_CLIP_L),
+        tokenizer=CLIPTokenizer.from_pretrained(str(sd3 / 'tokenizer')),
+        text_encoder_2=_clip(seed + 3, vocab, STANDIN_CLIP_G),
+        tokenizer_2=CLIPTokenizer.from_pretrained(str(sd3 / 'tokenizer_2')),
+        text_encoder_3=_t5(seed + 4, len(tokenizer_3)), tokenizer_3=tokenizer_3,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0))
+    pipe.save_pretrained(str(sd3))
+
+    torch.manual_seed(seed + 5)
+    net = SD3ControlNetModel.from_transformer(transformer, num_layers=max(1, num_layers // 4),
+                                              num_extra_conditioning_channels=0)
+    _randomize_(net, ('controlnet_blocks', 'pos_embed_input'), std=0.01)
+    net.save_pretrained(str(out / 'sd3-controlnet'))
+    del net
+
+    (out / 'sd3-lora').mkdir(exist_ok=True)
+    for i, (name, targets) in enumerate(SD3_LORA_TARGETS.items()):
+        torch.manual_seed(seed + 6 + i)
+        config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, init_lora_weights=False, target_modules=targets)
+        transformer.add_adapter(config, adapter_name=name)
+        layers = get_peft_model_state_dict(transformer, adapter_name=name)
+        g = torch.Generator().manual_seed(seed + 16 + i)
+        layers = {k: torch.randn(v.shape, generator=g) * LORA_UP_STD if 'lora_B' in k else v.clone()
+                  for k, v in layers.items()}
+        metadata = config.to_dict()
+        metadata['target_modules'] = sorted(metadata['target_modules'])
+        StableDiffusion3Pipeline.save_lora_weights(str(out / 'sd3-lora'), weight_name=f'{name}.safetensors',
+                                                   safe_serialization=True, transformer_lora_layers=layers,
+                                                   transformer_lora_adapter_metadata=metadata)
+        _sort_safetensors_metadata(out / 'sd3-lora' / f'{name}.safetensors')
+
+
+@torch.no_grad()
+def _write_pixart_sigma(out: Path, num_layers: int, seed: int = 50) -> None:
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from transformers import T5TokenizerFast
+    folder = out / 'pixart-sigma'
+    _save_t5_tokenizer(folder / 'tokenizer')
+    tokenizer = T5TokenizerFast.from_pretrained(str(folder / 'tokenizer'))
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(**dict(PIXART_SIGMA_XL, num_layers=num_layers)).eval()
+    pipe = PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=_t5(seed + 1, len(tokenizer)),
+                               transformer=transformer, vae=_tiny_vae(SDXL_VAE, seed + 2),
+                               scheduler=DPMSolverMultistepScheduler())
+    pipe.save_pretrained(str(folder))
+
+
+def make_sd35m_shaped(out: str | os.PathLike, num_layers: int = 24) -> Path:
+    """SD3.5-medium-shaped random transformer (``num_layers`` of its 24 blocks; ~0.1 B parameters and
+    0.4 GB a block in fp32, plus a 0.9 GB positional-embedding buffer), VAE, InstantX-kind ControlNet and
+    two rank-64 LoRAs under ``out`` (written once)."""
+    return _made_once(out, lambda o: _write_sd35m(o, num_layers))
+
+
+def make_pixart_sigma_shaped(out: str | os.PathLike, num_layers: int = 28) -> Path:
+    """PixArt-Sigma-XL-2-512-MS-shaped random transformer (``num_layers`` of its 28 blocks; ~21 M parameters
+    a block) and SDXL-shaped VAE under ``out`` (written once)."""
+    return _made_once(out, lambda o: _write_pixart_sigma(o, num_layers))
+
+
+__all__ = ['make_sd35m_shaped', 'make_pixart_sigma_shaped', 'sd35m_config', 'SD35M_TRANSFORMER', 'PIXART_SIGMA_XL']
