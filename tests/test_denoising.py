@@ -122,7 +122,8 @@ def test_img2img_start_and_moved_extraction_timestep_are_logged_once(tiny, image
         assert len(logged) == 1 and "branch 'moved': timestep 55 -> 61" in logged[0], records.messages
         assert 'stays' not in logged[0]
         seen = []
-        hook = m.frozen_modules().unet.register_forward_pre_hook(lambda mod, args: seen.append(args[1]))
+        hook = m.frozen_modules().unet.register_forward_pre_hook(  # the denoiser gets timestep= by keyword
+            lambda mod, args, kwargs: seen.append(kwargs['timestep']), with_kwargs=True)
         try:
             m.extract(image)
         finally:
