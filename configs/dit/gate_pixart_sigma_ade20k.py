@@ -7,17 +7,16 @@
 # share one batched transformer call. The DiT taps all lie on one 1/16 grid: mmseg's MultiLevelNeck (as mmseg's
 # ViT + UPerNet configs) makes the pyramid UPerHead expects. Weight and data locations: edit below or override, e.g.
 #   python tools/train.py configs/dit/gate_pixart_sigma_ade20k.py --cfg-options sd_path=/models/pixart-sigma
-_base_ = ['../gate_ade20k.py']
+_base_ = ['../_base_/gate_ade20k_1024.py']  # crops of 1024
 # PixArt-alpha/PixArt-Sigma-XL-2-1024-MS (diffusers pipeline folder: transformer, T5-XXL, SDXL's VAE): the
 # model the authors' extractor loads for PixArt-Sigma. PixArt-alpha/PixArt-Sigma-XL-2-512-MS ships only its
 # transformer: to use it, keep this folder and add unet='checkpoints/PixArt-Sigma-XL-2-512-MS' to the
 # backbone, with crops of 512 and the ADE20K scale (2048, 512).
 sd_path = 'checkpoints/PixArt-Sigma-XL-2-1024-MS'
-data_root = 'data/ade/ADEChallengeData2016'
+# data_root comes from ../gate_ade20k.py: set it with --cfg-options data_root=/data/ade/ADEChallengeData2016
 
 # 1024-MS generates at 1024x1024: the ADE20K pipeline at twice its scale (crops of 1024), as configs/sdxl does;
 # at 512 crops the 1/16 token grid would be only 32x32 (and 512 is the 512-MS model's resolution, not this one's)
-crop_size = (1024, 1024)
 # PixArt-Sigma has 28 transformer blocks (0-27), 1152 channels each. DiTF (NeurIPS 2025) found the middle of a
 # DiT best (FLUX: block 28 of 57) and late blocks worse; the authors' extractor taps whole-block outputs
 # (`vit-block{i}`, 28 for PixArt). Four blocks around the middle, one per neck scale, shallowest to the finest
@@ -26,7 +25,6 @@ taps = ('transformer_blocks.7', 'transformer_blocks.11', 'transformer_blocks.15'
 channels = 1152  # each tap's image tokens; list them all with tools/list_taps.py
 neck_channels = 768  # mmseg's ViT-B + MultiLevelNeck width
 model = dict(
-    data_preprocessor=dict(size=crop_size),
     backbone=dict(
         pretrained=sd_path,  # PixArt-Sigma is detected from the folder (PixArtSigmaPipeline)
         # PixArt is DDPM-style: the latents are noised to alpha_bar[t] with DDPMScheduler.from_config of the
@@ -49,23 +47,4 @@ model = dict(
     # backbone.out_channels (amalgamation keeps each level's width) -> 1/4, 1/8, 1/16, 1/32 pyramid
     neck=dict(type='MultiLevelNeck', in_channels=[channels] * 4, out_channels=neck_channels, scales=[4, 2, 1, 0.5]),
     decode_head=dict(in_channels=[neck_channels] * 4, in_index=[0, 1, 2, 3]),
-    auxiliary_head=dict(in_channels=neck_channels, in_index=2),  # the neck's 1/16 output: the taps' own grid
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(1024, 1024)))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(4096, 1024), ratio_range=(0.5, 2.0), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(4096, 1024), keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
-train_dataloader = dict(dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
+    auxiliary_head=dict(in_channels=neck_channels, in_index=2))  # the neck's 1/16 output: the taps' own grid

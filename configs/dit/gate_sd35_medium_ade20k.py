@@ -4,7 +4,7 @@
 # The DiT taps all lie on one 1/16 grid: mmseg's MultiLevelNeck (as mmseg's ViT + UPerNet configs) makes the
 # pyramid UPerHead expects. Weight and data locations: edit below or override, e.g.
 #   python tools/train.py configs/dit/gate_sd35_medium_ade20k.py --cfg-options sd_path=/models/sd35m
-_base_ = ['../gate_ade20k.py']
+_base_ = ['../_base_/gate_ade20k_1024.py']  # crops of 1024
 sd_path = 'checkpoints/stable-diffusion-3.5-medium'  # stabilityai/stable-diffusion-3.5-medium (diffusers folder)
 # A canny ControlNet fits only the base it was trained on (SD3ControlNetModel in diffusers):
 #   SD3.5-medium: tensorart/SD3.5M-Controlnet-Canny   <- this config's base
@@ -18,13 +18,12 @@ controlnet_path = controlnet_canny                        # the name the other G
 # e.g. with diffusers' examples/dreambooth/train_dreambooth_lora_sd3.py
 lora_a = 'checkpoints/lora/sd35m_ade20k_a.safetensors'
 lora_b = 'checkpoints/lora/sd35m_ade20k_b.safetensors'
-data_root = 'data/ade/ADEChallengeData2016'
+# data_root comes from ../gate_ade20k.py: set it with --cfg-options data_root=/data/ade/ADEChallengeData2016
 
 canny = dict(path=controlnet_canny, condition='canny', scale=1.0,
              condition_cfg=dict(low_threshold=100, high_threshold=200))
 # SD3.5-medium generates at 1024x1024 (trained progressively up to 1440): the ADE20K pipeline at twice its
 # scale (crops of 1024), as configs/sdxl does. At 512 crops the 1/16 token grid would be only 32x32.
-crop_size = (1024, 1024)
 # SD3.5-medium has 24 MMDiT blocks (0-23), 1536 channels each. DiTF (NeurIPS 2025) found the middle of a DiT
 # best (FLUX: block 28 of 57) and late blocks worse (they turn towards predicting the velocity); the authors'
 # extractor taps whole-block outputs (`vit-block{i}`). Four blocks around the middle, one per neck scale,
@@ -33,7 +32,6 @@ taps = ('transformer_blocks.6', 'transformer_blocks.9', 'transformer_blocks.12',
 channels = 1536  # each tap's image tokens; list them all with tools/list_taps.py
 neck_channels = 768  # mmseg's ViT-B + MultiLevelNeck width
 model = dict(
-    data_preprocessor=dict(size=crop_size),
     backbone=dict(
         pretrained=sd_path,  # SD3 is detected from the folder (transformer/ and text_encoder_3/)
         # The authors' "t=50" on a flow model: img2img at strength 0.05 through the model's shifted 28-step
@@ -56,23 +54,4 @@ model = dict(
     # backbone.out_channels (amalgamation keeps each level's width) -> 1/4, 1/8, 1/16, 1/32 pyramid
     neck=dict(type='MultiLevelNeck', in_channels=[channels] * 4, out_channels=neck_channels, scales=[4, 2, 1, 0.5]),
     decode_head=dict(in_channels=[neck_channels] * 4, in_index=[0, 1, 2, 3]),
-    auxiliary_head=dict(in_channels=neck_channels, in_index=2),  # the neck's 1/16 output: the taps' own grid
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(1024, 1024)))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(4096, 1024), ratio_range=(0.5, 2.0), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(4096, 1024), keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
-train_dataloader = dict(dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
+    auxiliary_head=dict(in_channels=neck_channels, in_index=2))  # the neck's 1/16 output: the taps' own grid
