@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from .tiny_dit import _sort_safetensors_metadata, _save_t5_tokenizer, _tiny_vae
-from .tiny_models import SD15_VAE, _made_once, _randomize_, _save_tokenizer
+from .tiny_dit import _save_t5_tokenizer, _sort_safetensors_metadata, _t5, _tiny_vae, save_sd3_pipeline
+from .tiny_models import SD15_VAE, _made_once, _randomize_
 
 #: stabilityai/stable-diffusion-3.5-medium's transformer configuration (num_layers replaced by the maker's)
 SD35M_TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
@@ -60,20 +60,6 @@ SD3_LORA_TARGETS = dict(a=['to_q', 'to_k', 'to_v', 'to_out.0'],
                         b=['add_q_proj', 'add_k_proj', 'add_v_proj', 'to_add_out', 'ff.net.0.proj', 'ff.net.2'])
 
 
-def _t5(seed: int, vocab_size: int):
-    from transformers import T5Config, T5EncoderModel
-    torch.manual_seed(seed)
-    return T5EncoderModel(T5Config(vocab_size=vocab_size, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-                                   **STANDIN_T5)).eval()
-
-
-def _clip(seed: int, vocab_size: int, cfg: dict):
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-    torch.manual_seed(seed)
-    return CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1,
-                                                      pad_token_id=1, **cfg)).eval()
-
-
 def sd35m_config(num_layers: int) -> dict:
     return dict(SD35M_TRANSFORMER, num_layers=num_layers,
                 dual_attention_layers=tuple(i for i in SD35M_TRANSFORMER['dual_attention_layers'] if i < num_layers))
@@ -81,27 +67,12 @@ def sd35m_config(num_layers: int) -> dict:
 
 @torch.no_grad()
 def _write_sd35m(out: Path, num_layers: int, seed: int = 40) -> None:
-    from diffusers import (FlowMatchEulerDiscreteScheduler, SD3ControlNetModel, SD3Transformer2DModel,
-                           StableDiffusion3Pipeline)
+    from diffusers import SD3ControlNetModel, StableDiffusion3Pipeline
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
-    from transformers import CLIPTokenizer, T5TokenizerFast
     sd3 = out / 'sd3'
-    vocab = _save_tokenizer(sd3 / 'tokenizer')
-    _save_tokenizer(sd3 / 'tokenizer_2')
-    _save_t5_tokenizer(sd3 / 'tokenizer_3')
-    tokenizer_3 = T5TokenizerFast.from_pretrained(str(sd3 / 'tokenizer_3'))
-    torch.manual_seed(seed)
-    transformer = SD3Transformer2DModel(**sd35m_config(num_layers)).eval()
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer, vae=_tiny_vae(SD3_VAE, seed + 1),
-        text_encoder=_clip(seed + 2, vocab, STANDIN_CLIP_L),
-        tokenizer=CLIPTokenizer.from_pretrained(str(sd3 / 'tokenizer')),
-        text_encoder_2=_clip(seed + 3, vocab, STANDIN_CLIP_G),
-        tokenizer_2=CLIPTokenizer.from_pretrained(str(sd3 / 'tokenizer_2')),
-        text_encoder_3=_t5(seed + 4, len(tokenizer_3)), tokenizer_3=tokenizer_3,
-        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0))
-    pipe.save_pretrained(str(sd3))
+    transformer = save_sd3_pipeline(sd3, sd35m_config(num_layers), seed, SD3_VAE, STANDIN_CLIP_L, STANDIN_CLIP_G,
+                                    STANDIN_T5).transformer
 
     torch.manual_seed(seed + 5)
     net = SD3ControlNetModel.from_transformer(transformer, num_layers=max(1, num_layers // 4),
@@ -136,7 +107,7 @@ def _write_pixart_sigma(out: Path, num_layers: int, seed: int = 50) -> None:
     tokenizer = T5TokenizerFast.from_pretrained(str(folder / 'tokenizer'))
     torch.manual_seed(seed)
     transformer = PixArtTransformer2DModel(**dict(PIXART_SIGMA_XL, num_layers=num_layers)).eval()
-    pipe = PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=_t5(seed + 1, len(tokenizer)),
+    pipe = PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=_t5(seed + 1, len(tokenizer), STANDIN_T5),
                                transformer=transformer, vae=_tiny_vae(SDXL_VAE, seed + 2),
                                scheduler=DPMSolverMultistepScheduler())
     pipe.save_pretrained(str(folder))

@@ -81,11 +81,11 @@ def _save_t5_tokenizer(path: Path) -> None:
     T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512).save_pretrained(str(path))
 
 
-def _t5(seed: int, vocab_size: int):
+def _t5(seed: int, vocab_size: int, cfg: dict = TINY_T5):
     from transformers import T5Config, T5EncoderModel
     torch.manual_seed(seed)
     return T5EncoderModel(T5Config(vocab_size=vocab_size, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-                                   **TINY_T5)).eval()
+                                   **cfg)).eval()
 
 
 @torch.no_grad()
@@ -138,25 +138,36 @@ def _sort_safetensors_metadata(path: Path) -> None:
         path.write_bytes(bytes(data))
 
 
-def _write_sd3(out: Path, seed: int = 20) -> None:
+def save_sd3_pipeline(sd3: Path, transformer_cfg: dict, seed: int, vae_cfg: dict = TINY_SD3_VAE,
+                      clip_l: dict = TINY_CLIP_L, clip_g: dict = TINY_CLIP_G, t5: dict = TINY_T5):
+    """A seeded random ``SD3Transformer2DModel(**transformer_cfg)`` with its VAE, two CLIPs, T5, locally built
+    tokenizers and SD3's flow-matching scheduler (shift 3), saved as a ``StableDiffusion3Pipeline`` folder
+    (shared by the tiny assets and the real-size benchmark assets); returns the pipeline."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTokenizer, T5TokenizerFast
-    sd3 = out / 'sd3'
     vocab = _save_tokenizer(sd3 / 'tokenizer')
     _save_tokenizer(sd3 / 'tokenizer_2')
     _save_t5_tokenizer(sd3 / 'tokenizer_3')
     tokenizer_3 = T5TokenizerFast.from_pretrained(str(sd3 / 'tokenizer_3'))
     torch.manual_seed(seed)
-    transformer = SD3Transformer2DModel(**TINY_SD3_TRANSFORMER).eval()
+    transformer = SD3Transformer2DModel(**transformer_cfg).eval()
     pipe = StableDiffusion3Pipeline(
-        transformer=transformer, vae=_tiny_vae(TINY_SD3_VAE, seed + 1),
-        text_encoder=_clip(seed + 2, vocab, TINY_CLIP_L),
+        transformer=transformer, vae=_tiny_vae(vae_cfg, seed + 1),
+        text_encoder=_clip(seed + 2, vocab, clip_l),
         tokenizer=CLIPTokenizer.from_pretrained(str(sd3 / 'tokenizer')),
-        text_encoder_2=_clip(seed + 3, vocab, TINY_CLIP_G),
+        text_encoder_2=_clip(seed + 3, vocab, clip_g),
         tokenizer_2=CLIPTokenizer.from_pretrained(str(sd3 / 'tokenizer_2')),
-        text_encoder_3=_t5(seed + 4, len(tokenizer_3)), tokenizer_3=tokenizer_3,
+        text_encoder_3=_t5(seed + 4, len(tokenizer_3), t5), tokenizer_3=tokenizer_3,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0))
     pipe.save_pretrained(str(sd3))
+    return pipe
+
+
+def _write_sd3(out: Path, seed: int = 20) -> None:
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+    sd3 = out / 'sd3'
+    pipe = save_sd3_pipeline(sd3, TINY_SD3_TRANSFORMER, seed)
+    transformer = pipe.transformer
 
     from diffusers import SD3ControlNetModel
     torch.manual_seed(seed + 5)
