@@ -1,10 +1,10 @@
 # configs/dit/gate_pixart_sigma_ade20k.py's model on the tiny random PixArt-Sigma (3 blocks of 16 channels), with
-# the tiny demo's data and schedule (gate_tiny_ade20k.py): the PixArt code paths (T5 with its mask, DDPM noise from
+# the tiny demo's data (gate_tiny_ade20k.py), 40 iterations: the PixArt code paths (T5 with its mask, DDPM noise from
 # the folder's scheduler config, per-branch timesteps in one batched call, token taps on the 1/16 grid,
 # MultiLevelNeck) on a CPU in seconds. No ControlNet and no LoRA: diffusers has neither for PixArt.
 # Assets: python tools/make_tiny_sd.py (writes data/tiny_sd/pixart-sigma next to the SD ones) and
 # python tools/make_demo_dataset.py. Own variable name: tools/demo.py's SD1.5 overrides leave it alone.
-_base_ = ['./gate_tiny_ade20k.py']
+_base_ = ['../_base_/gate_tiny_ade20k_40it.py']  # the tiny demo, 40 iterations of batch 2
 tiny_root = 'data/tiny_sd'
 pixart_path = tiny_root + '/pixart-sigma'
 
@@ -23,9 +23,3 @@ model = dict(
     neck=dict(type='MultiLevelNeck', in_channels=[channels] * 4, out_channels=neck_channels, scales=[4, 2, 1, 0.5]),
     decode_head=dict(in_channels=[neck_channels] * 4, in_index=[0, 1, 2, 3]),
     auxiliary_head=dict(in_channels=neck_channels, in_index=2))
-train_dataloader = dict(batch_size=2)
-max_iters = 40
-param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=max_iters, by_epoch=False)]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=max_iters, max_keep_ckpts=1))
-auto_scale_lr = dict(base_batch_size=2)  # this config's batch: the rate is not scaled

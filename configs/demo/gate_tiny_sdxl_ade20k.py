@@ -1,7 +1,7 @@
 # configs/sdxl/gate_sdxl_ade20k.py's model on the tiny random SDXL (tools/make_tiny_sd.py), with the tiny
-# demo's data and schedule (gate_tiny_ade20k.py): the SDXL code paths (two text encoders, time ids, an
+# demo's data (gate_tiny_ade20k.py), 40 iterations: the SDXL code paths (two text encoders, time ids, an
 # SDXL ControlNet, a kohya LoRA on the UNet and both text encoders, token taps) on a CPU in seconds.
-_base_ = ['./gate_tiny_ade20k.py']
+_base_ = ['../_base_/gate_tiny_ade20k_40it.py']  # the tiny demo, 40 iterations of batch 2
 tiny_root = 'data/tiny_sd'
 controlnet_path = tiny_root + '/sdxl-controlnet'
 lora_b = tiny_root + '/sdxl-lora/b.safetensors'  # kohya format: UNet and both text encoders
@@ -19,9 +19,3 @@ model = dict(
                   dict(name='prompt_lora_b_canny', loras=[dict(path=lora_b)], controlnets=[canny])]),
     decode_head=dict(in_channels=[64, 128, 128]),
     auxiliary_head=dict(in_channels=128))
-train_dataloader = dict(batch_size=2)
-max_iters = 40
-param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=max_iters, by_epoch=False)]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=max_iters, max_keep_ckpts=1))
-auto_scale_lr = dict(base_batch_size=2)  # this config's batch: the rate is not scaled
