@@ -267,7 +267,7 @@ class GATEDiffusionBackbone(BaseModule):
     def _probe_taps(self):
         """One tiny denoiser pass on a non-square input to learn each tap's channels, stride and kind."""
         sd = self.sd
-        m = max(sd.latent_multiple, 4 // sd.latent_multiple)  # a DiT's 2x3 patches would be 6 tokens: take 4x6
+        m = sd.latent_multiple  # a 2m x 3m latent: 2x3 of the UNet's deepest cells, or 2x3 DiT patches
         # seeded noise: also the calibration input of drop_channels='auto'
         latents = torch.randn(1, sd.denoiser.config.in_channels, 2 * m, 3 * m,
                               generator=torch.Generator().manual_seed(0)).to(sd.dtype)

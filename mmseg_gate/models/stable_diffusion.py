@@ -13,7 +13,8 @@ from torch import nn
 
 from mmengine.logging import print_log
 
-from .families import TextCondition, detect_family
+from .families import TextCondition, detect_family, first_output
+from .flow_matching import image_seq_len
 from .inference_blocks import use_inplace_resnets
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -100,11 +101,7 @@ def find_modules(model: nn.Module, names: Sequence[str], what: str = 'denoiser')
     return found
 
 
-def _first(module: nn.Module, output):
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def run_until_taps(model: nn.Module, tap_modules: Sequence[nn.Module], *args, select=_first,
+def run_until_taps(model: nn.Module, tap_modules: Sequence[nn.Module], *args, select=first_output,
                    **kwargs) -> list[torch.Tensor]:
     """Call ``model(*args, **kwargs)`` and return the outputs of ``tap_modules``.
 
@@ -133,6 +130,17 @@ def run_until_taps(model: nn.Module, tap_modules: Sequence[nn.Module], *args, se
     if len(captured) != len(tap_modules):
         raise RuntimeError('some taps never ran during the denoiser forward; choose modules the forward calls')
     return [captured[i] for i in range(len(tap_modules))]
+
+
+def _has_component(pretrained: str, attribute: str, hub_kwargs: dict) -> bool:
+    """Whether an optional component is part of the pipeline: its folder, or (hub ids) a class named
+    for it in ``model_index.json``."""
+    local = Path(os.path.expanduser(str(pretrained)))
+    if local.is_dir():
+        return (local / attribute).is_dir()
+    from .families import _components
+    value = _components(pretrained, **hub_kwargs).get(attribute)
+    return bool(value) and value[0] is not None
 
 
 class FrozenStableDiffusion(nn.Module):
@@ -169,7 +177,7 @@ class FrozenStableDiffusion(nn.Module):
             raise ValueError(f'drop_text_encoders={sorted(bad)}: the {family.name} family can only drop '
                              f'{list(family.optional_text_encoders) or "none of its text encoders"}')
         encoders = [a for a in family.text_encoders if a not in drop_text_encoders
-                    and (a not in family.optional_text_encoders or self._has_component(pretrained, a))]
+                    and (a not in family.optional_text_encoders or _has_component(pretrained, a, hub_kwargs))]
         check_weights_location(pretrained, 'Stable Diffusion model',
                                (() if unet else (family.denoiser,)) + ('vae',)
                                + tuple(x for a in encoders for x in (a, family.text_encoders[a])))
@@ -191,15 +199,6 @@ class FrozenStableDiffusion(nn.Module):
         self.scheduler = family.noise_scheduler(pretrained, **hub_kwargs)
         self.vae = self.denoiser = self.controlnets = self.image_encoders = None
         self.requires_grad_(False).eval()
-
-    def _has_component(self, pretrained: str, attribute: str) -> bool:
-        """Whether an optional component is part of the pipeline (``model_index.json`` names a class)."""
-        from .families import _components
-        value = _components(pretrained, **getattr(self, 'hub_kwargs', {})).get(attribute, False)
-        local = Path(os.path.expanduser(str(pretrained)))
-        if local.is_dir():
-            return (local / attribute).is_dir()
-        return bool(value) and value[0] is not None
 
     @property
     def unet(self) -> nn.Module | None:
@@ -247,8 +246,6 @@ class FrozenStableDiffusion(nn.Module):
                 path, **kwargs, **self.hub_kwargs))
         return self._denoiser_config
 
-    unet_config = denoiser_config  # SDXL LoRA files in SGM names are mapped with it
-
     def load_denoiser(self) -> None:
         """Load the VAE encoder and the denoiser."""
         self.vae = self._load_vae()
@@ -288,8 +285,8 @@ class FrozenStableDiffusion(nn.Module):
 
     def seq_len(self, image_hw: tuple[int, int]) -> int:
         """Latent cells (UNet) or image tokens (DiT: patches) of a model input of ``image_hw`` pixels."""
-        cell = self.vae_scale_factor * (self.latent_multiple if self.family.denoiser == 'transformer' else 1)
-        return (image_hw[0] // cell) * (image_hw[1] // cell)
+        patch = self.latent_multiple if self.family.denoiser == 'transformer' else 1
+        return image_seq_len(image_hw, self.vae_scale_factor, patch)
 
     def condition_kwargs(self, text: TextCondition, size: tuple[int, int]) -> dict:
         """The family's conditioning kwargs of the denoiser and its ControlNets for a batch of text

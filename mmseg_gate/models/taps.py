@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .stable_diffusion import _first
+from .families import first_output
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def feed_forwards_tapped(model: nn.Module, names: Sequence[str]) -> set[nn.Modul
             and any(n == f'{prefix}.ff' or n.startswith(f'{prefix}.ff.') for n in names)}
 
 
-def list_tappable(model: nn.Module, run: Callable[[], None], image_hw: tuple[int, int], select=_first) -> list[Tap]:
+def list_tappable(model: nn.Module, run: Callable[[], None], image_hw: tuple[int, int], select=first_output) -> list[Tap]:
     """Every module of ``model`` whose output in ``run()`` (a full forward on an SD input of
     ``image_hw``) is a feature map or tokens on a latent grid, in the order the forward calls them."""
     seen: dict[str, Tap | None] = {}

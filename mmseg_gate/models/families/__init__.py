@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from .base import DenoiserFamily, TextCondition, token_ids
+from .base import DenoiserFamily, TextCondition, first_output, token_ids
 from .pixart import PixArtAlphaFamily, PixArtSigmaFamily
 from .sd import StableDiffusionFamily, StableDiffusionXLFamily
 from .sd3 import StableDiffusion3Family
@@ -71,4 +71,4 @@ def check_family_options(family: DenoiserFamily, specs, denoising_from, attentio
 
 __all__ = ['TextCondition', 'DenoiserFamily', 'StableDiffusionFamily', 'StableDiffusionXLFamily',
            'StableDiffusion3Family', 'PixArtSigmaFamily', 'PixArtAlphaFamily', 'FAMILIES',
-           'detect_family', 'token_ids', 'check_family_options']
+           'detect_family', 'token_ids', 'first_output', 'check_family_options']

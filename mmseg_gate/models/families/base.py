@@ -42,6 +42,11 @@ class TextCondition:
                                 else torch.cat([getattr(c, f.name) for c in conditions]) for f in fields(first)})
 
 
+def first_output(module: nn.Module, output):
+    """A module's output, or the first of the tensors it returns (what UNet taps mean)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
 class DenoiserFamily:
     """A model family. Class attributes describe the folder; methods do what differs.
 
@@ -122,7 +127,7 @@ class DenoiserFamily:
 
     def image_output(self, module: nn.Module, output):
         """The image part of a tapped module's output (a tensor), as a forward hook sees it."""
-        return output[0] if isinstance(output, (tuple, list)) else output
+        return first_output(module, output)
 
     # ------------------------------------------------------------------ ControlNets
     def controlnet_model_class(self):
@@ -191,4 +196,4 @@ def token_ids(tokenizer, prompt: str, encoder: nn.Module, max_length: int | None
     return ids.to(next(encoder.parameters()).device)
 
 
-__all__ = ['TextCondition', 'DenoiserFamily', 'token_ids']
+__all__ = ['TextCondition', 'DenoiserFamily', 'first_output', 'token_ids']
