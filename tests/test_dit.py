@@ -246,9 +246,9 @@ def test_per_branch_timesteps_share_one_call_and_equal_single_branch_backbones(t
 def test_an_unsupported_pipeline_folder_is_named(tmp_path):
     import json
     from mmseg_gate.models.families import detect_family
-    (tmp_path / 'model_index.json').write_text(json.dumps(dict(_class_name='FluxPipeline', transformer=['diffusers', 'x'],
-                                                               text_encoder_2=['transformers', 'T5EncoderModel'])))
-    with pytest.raises(ValueError, match="no pipeline of a supported family .*'FluxPipeline'"):
+    (tmp_path / 'model_index.json').write_text(json.dumps(dict(_class_name='SanaPipeline', transformer=['diffusers', 'x'],
+                                                               text_encoder=['transformers', 'Gemma2Model'])))
+    with pytest.raises(ValueError, match="no pipeline of a supported family .*'SanaPipeline'"):
         detect_family(str(tmp_path))
     (tmp_path / 'empty').mkdir()
     assert detect_family(str(tmp_path / 'empty')).name == 'sd'  # no pipeline at all: SD's layout check explains

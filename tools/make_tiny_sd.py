@@ -2,7 +2,8 @@
 
 With ``--dit`` (the default; ``--no-dit`` skips it) the same folder also gets the tiny diffusion-transformer
 assets of ``mmseg_gate.testing.tiny_dit`` (a few seconds): ``sd3/``, ``sd3-controlnet/``,
-``sd3-lora/{a,b}.safetensors``, ``pixart-sigma/``, ``pixart-alpha/`` (made once: ``.complete_dit``).
+``sd3-lora/{a,b}.safetensors``, ``pixart-sigma/``, ``pixart-alpha/`` (made once: ``.complete_dit``) and
+``flux/``, ``flux-schnell/``, ``flux-controlnet{,-union,-xlabs}/``, ``flux-lora/`` (``.complete_flux``).
 """
 import argparse
 

@@ -24,6 +24,8 @@ from .ip_adapter import IPAdapters
 from .massive_activations import TokenNormalizer
 from .noise import NoisePolicy
 from .prompts import BranchPrompts
+from .quantization import describe as describe_quantization
+from .quantization import quantization_config
 from .stable_diffusion import FrozenStableDiffusion, find_modules, resolve_dtype, run_until_taps
 from .taps import feed_forwards_tapped, plan_levels, probe_taps, to_feature_map
 
@@ -36,7 +38,7 @@ class GATEDiffusionBackbone(BaseModule):
     """Diffusion features for segmentation, with GATE's content-shift suppression.
 
     The frozen denoiser is a UNet (SD1.x/2.x, SDXL) or a diffusion transformer (SD3/SD3.5, PixArt-Sigma/
-    alpha); what differs between them is its family's business (:mod:`.families`).
+    alpha, FLUX.1); what differs between them is its family's business (:mod:`.families`).
 
     Input: images normalised by the data preprocessor; by default ``mean=std=127.5`` so they are
     in [-1, 1] as SD expects (RGB: keep ``bgr_to_rgb=True``). Give the preprocessor's ``mean`` and
@@ -47,9 +49,10 @@ class GATEDiffusionBackbone(BaseModule):
 
     Args:
         pretrained: local diffusers folder or hub id of a pipeline: SD1.x, SD2.x (also 768
-            v-prediction), SDXL, SD3/SD3.5 or PixArt-Sigma/alpha, told apart by the folder (:mod:`.families`).
-            DiTs: taps are ``transformer_blocks.N`` (image tokens on the 1/16 grid), LoRAs only for SD3,
-            ControlNets only for SD3; ``denoising_from``, ``attention`` and IP-Adapters are UNet-only.
+            v-prediction), SDXL, SD3/SD3.5, PixArt-Sigma/alpha or FLUX.1-dev/schnell, told apart by the folder
+            (:mod:`.families`). DiTs: taps are ``transformer_blocks.N`` (FLUX also ``single_transformer_blocks.N``;
+            image tokens on the 1/16 grid), LoRAs and ControlNets for SD3 and FLUX; ``denoising_from``,
+            ``attention`` and IP-Adapters are UNet-only.
         branches: list of dicts ``dict(name, prompt=None, timestep=None, denoising_from=None,
             loras=[dict(path, scale)], controlnets=[dict(path, condition='canny', scale=1.0,
             condition_cfg={})], ip_adapters=[dict(path, image_encoder, scale=1.0)])``; a branch's own
@@ -61,10 +64,13 @@ class GATEDiffusionBackbone(BaseModule):
             timesteps (``steps_offset=1``) and landed on 51, which the GATE configs use. With
             ``denoising_from`` it is where the denoising stops, moved to the first scheduled timestep
             not below it if the schedule lacks it (logged once at build).
-        sigma: flow-matching families (SD3/SD3.5) only: noise every branch to this sigma (``x_t = (1 - sigma)
-            x_0 + sigma n``, the denoiser gets ``1000 sigma``) instead of mapping ``timestep`` the authors' way
-            (img2img at strength ``t / 1000`` through the model's shifted 28-step schedule, first step:
-            SD3's shift 3 gives sigma 0.111 for t=50; :mod:`.flow_matching`).
+        sigma: flow-matching families (SD3/SD3.5, FLUX) only: noise every branch to this sigma (``x_t = (1 -
+            sigma) x_0 + sigma n``, the denoiser gets ``1000 sigma``) instead of mapping ``timestep`` the authors'
+            way (img2img at strength ``t / 1000`` through the model's shifted 28-step schedule, first step:
+            SD3's shift 3 gives sigma 0.111 for t=50, FLUX.1-dev 0.126 at 512x512 and 0.195 at 1024x1024;
+            :mod:`.flow_matching`).
+        guidance: guidance-distilled denoisers (FLUX.1-dev) only: the guidance value they are given (``None``:
+            1.0, what the authors' extractor passed; FluxPipeline's default is 3.5).
         taps: denoiser module names whose outputs are the features, in any order and at any depth:
             feature maps (upsamplers, resnets, ``attentions.N``) or tokens (transformer blocks,
             ``attn1``/``attn2`` and their projections, ``ff``), which are laid back on their latent
@@ -137,6 +143,10 @@ class GATEDiffusionBackbone(BaseModule):
             a fine-tune (CleanDIFT, DreamBooth) with ``pretrained``'s VAE, text encoders and scheduler.
         drop_text_encoders: optional text encoders not to load: ``('text_encoder_3',)`` drops SD3's T5 (4.7 B
             parameters); its tokens are then zeros, as in diffusers without it.
+        quantization: load the denoiser and the ControlNets quantized (diffusers' ``quantization_config``):
+            ``dict(type='BitsAndBytesConfig', load_in_4bit=True, ...)`` or ``dict(type='TorchAoConfig',
+            quant_type='int8wo')`` (:mod:`.quantization`; FLUX.1 on a 24 GB card). LoRA adapters stay in
+            ``dtype``.
         hub_kwargs: extra ``from_pretrained`` kwargs (``revision``, ``local_files_only``, ...).
     """
 
@@ -170,6 +180,8 @@ class GATEDiffusionBackbone(BaseModule):
                  vae: str | None = None,
                  unet: str | None = None,
                  drop_text_encoders: Sequence[str] = (),
+                 guidance: float | None = None,
+                 quantization: dict | None = None,
                  hub_kwargs: dict | None = None,
                  init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
@@ -195,7 +207,8 @@ class GATEDiffusionBackbone(BaseModule):
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
         sd = FrozenStableDiffusion(pretrained, resolve_dtype(dtype), vae=vae, unet=unet,
-                                   drop_text_encoders=drop_text_encoders, **(hub_kwargs or {}))
+                                   drop_text_encoders=drop_text_encoders, guidance=guidance,
+                                   quantization=quantization_config(quantization), **(hub_kwargs or {}))
         # Not a registered submodule: frozen weights stay out of parameters(), state_dict(), the
         # optimizer and DDP; _apply() below still moves them with the model.
         object.__setattr__(self, 'sd', sd)
@@ -269,7 +282,7 @@ class GATEDiffusionBackbone(BaseModule):
         sd = self.sd
         m = sd.latent_multiple  # a 2m x 3m latent: 2x3 of the UNet's deepest cells, or 2x3 DiT patches
         # seeded noise: also the calibration input of drop_channels='auto'
-        latents = torch.randn(1, sd.denoiser.config.in_channels, 2 * m, 3 * m,
+        latents = torch.randn(1, sd.latent_channels, 2 * m, 3 * m,
                               generator=torch.Generator().manual_seed(0)).to(sd.dtype)
         image_hw = (2 * m * sd.vae_scale_factor, 3 * m * sd.vae_scale_factor)
         self._set_adapters(())
@@ -278,8 +291,9 @@ class GATEDiffusionBackbone(BaseModule):
             self.ip.set_scales(tuple(0.0 for _ in self.ip.paths))
             kwargs = self.ip.with_image_embeds(kwargs, [self.ip.zero_embeds(1, latents)])
         t = torch.tensor([sd.family.model_timestep(self._noise_level(self.timestep, image_hw))])
-        outs = run_until_taps(sd.denoiser, self._exit_modules, latents, timestep=t, return_dict=False,
-                              select=sd.family.image_output, **kwargs)
+        hidden, grid_kwargs = sd.denoiser_input(latents)
+        outs = run_until_taps(sd.denoiser, self._exit_modules, hidden, timestep=t, return_dict=False,
+                              select=sd.family.image_output, **kwargs, **grid_kwargs)
         self.token_normalizer.calibrate(outs[:len(self.taps)])
         taps = probe_taps(self.taps, outs[:len(self.taps)], image_hw)
         return taps if self.attention is None else [*taps, self.attention.select(image_hw)]
@@ -296,6 +310,7 @@ class GATEDiffusionBackbone(BaseModule):
                    dtype=str(self.sd.dtype).replace('torch.', ''))
         overrides = dict(unet=self.sd.unet_path, vae=self.sd.vae_path,  # only when set: older checkpoints match
                          family=self.sd.family.name if self.sd.family.denoiser != 'unet' else None, sigma=self.sigma,
+                         guidance=self.sd.guidance, quantization=describe_quantization(self.sd.quantization),
                          token_norm=self.token_normalizer.provenance(),
                          timesteps=self.timesteps if len(set(self.timesteps) | {self.timestep}) > 1 else None,
                          ip_adapters=self.ip and dict(self.ip.sha256),
@@ -422,18 +437,19 @@ class GATEDiffusionBackbone(BaseModule):
         text = TextCondition.cat([p.text for p in parts])
         latents = torch.cat([p.noisy for p in parts])
         timesteps = torch.cat([p.timestep for p in parts])
-        kwargs = condition_kwargs(text)
+        hidden, grid_kwargs = self.sd.denoiser_input(latents)
+        kwargs = {**condition_kwargs(text), **grid_kwargs}
         if self.ip is not None:
             self.ip.set_scales(self.ip.branch_scales[group[0]])
             kwargs = self.ip.with_image_embeds(kwargs, [p.image_embeds for p in parts])
         if full:
             with batch:
-                return self.sd.denoiser(latents, timestep=timesteps, down_block_additional_residuals=down,
+                return self.sd.denoiser(hidden, timestep=timesteps, down_block_additional_residuals=down,
                                         mid_block_additional_residual=mid, return_dict=False, **kwargs)[0]
         with batch:
             if down is not None or mid is not None:
-                kwargs.update(self.sd.family.residual_kwargs(down, mid))
-            outs = run_until_taps(self.sd.denoiser, self._exit_modules, latents, timestep=timesteps, return_dict=False,
+                kwargs.update(self.sd.family.residual_kwargs(self.sd.denoiser, down, mid))
+            outs = run_until_taps(self.sd.denoiser, self._exit_modules, hidden, timestep=timesteps, return_dict=False,
                                   select=self.sd.family.tap_select(self.sd.denoiser, down), **kwargs)
         outs = outs[:len(self.taps)]
         if self.token_normalizer.active:

@@ -32,6 +32,7 @@ class ControlNetSpec:
     condition: str = 'canny'
     scale: float = 1.0
     condition_cfg: tuple = ()  # sorted (key, value) pairs, hashable so identical conditions are shared
+    mode: int | None = None  # a union ControlNet's control type (FLUX InstantX union: canny 0)
 
     @property
     def condition_key(self) -> tuple:
@@ -82,7 +83,8 @@ def parse_branches(branches: Sequence[dict], default_prompt: str) -> list[Branch
             loras.append(LoraSpec(str(lora['path']), float(lora.get('scale', 1.0))))
         nets = []
         for net in cfg.get('controlnets', ()):
-            net = _take(dict(net), ('path', 'condition', 'scale', 'condition_cfg'), f'branch {name!r} controlnet')
+            net = _take(dict(net), ('path', 'condition', 'scale', 'condition_cfg', 'mode'),
+                        f'branch {name!r} controlnet')
             if 'path' not in net:
                 raise ValueError(f'branch {name!r}: every controlnet needs a path, got {net}')
             condition = net.get('condition', 'canny')
@@ -90,7 +92,8 @@ def parse_branches(branches: Sequence[dict], default_prompt: str) -> list[Branch
                 raise ValueError(f'branch {name!r}: unknown condition type {condition!r}; use one of '
                                  f'{sorted(CONDITIONS)}')
             nets.append(ControlNetSpec(str(net['path']), condition, float(net.get('scale', 1.0)),
-                                       tuple(sorted(dict(net.get('condition_cfg', {})).items()))))
+                                       tuple(sorted(dict(net.get('condition_cfg', {})).items())),
+                                       None if net.get('mode') is None else int(net['mode'])))
         prompt = cfg.get('prompt')
         timestep, start = cfg.get('timestep'), cfg.get('denoising_from')
         specs.append(BranchSpec(name, default_prompt if prompt is None else prompt, tuple(loras), tuple(nets),
@@ -129,12 +132,7 @@ def load_lora_adapter(model: nn.Module, path: str, adapter_name: str, target: st
     if not Path(os.path.expanduser(path)).is_file():
         raise FileNotFoundError(f'LoRA file {path!r} not found: check the path in the branch config '
                                 '(e.g. --cfg-options lora_a=...)')
-    if family.denoiser == 'unet':
-        state_dict, alphas, metadata = pipeline.lora_state_dict(
-            os.path.expanduser(path), unet_config=unet_config, return_lora_metadata=True)
-    else:  # the transformer pipelines' loaders: no network alphas (kept in the file's metadata)
-        (state_dict, metadata), alphas = pipeline.lora_state_dict(os.path.expanduser(path),
-                                                                  return_lora_metadata=True), None
+    state_dict, alphas, metadata = family.read_lora(os.path.expanduser(path), unet_config)
     down = {p: {k for k in state_dict if k.startswith(p + '.') and ('lora_A' in k or '.down.' in k)}
             for p in targets}
     if not any(down.values()):
@@ -147,7 +145,7 @@ def load_lora_adapter(model: nn.Module, path: str, adapter_name: str, target: st
             if target == 'unet':
                 pipeline.load_lora_into_unet(state_dict, alphas, model, adapter_name=adapter_name, metadata=metadata)
             elif target == 'transformer':
-                pipeline.load_lora_into_transformer(state_dict, model, adapter_name=adapter_name, metadata=metadata)
+                family.load_transformer_lora(state_dict, alphas, model, adapter_name, metadata)
             else:
                 pipeline.load_lora_into_text_encoder(state_dict, alphas, model, prefix=target,
                                                      adapter_name=adapter_name, metadata=metadata)

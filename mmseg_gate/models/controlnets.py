@@ -35,11 +35,14 @@ def load_controlnets(sd: FrozenStableDiffusion, specs: Sequence[BranchSpec], dty
     paths = list(dict.fromkeys(c.path for s in specs for c in s.controlnets))
     index = {p: str(i) for i, p in enumerate(paths)}
     sd.controlnets = nn.ModuleDict()
+    quantized = {} if sd.quantization is None else dict(quantization_config=sd.quantization)
     for path, key in index.items():
         check_weights_location(path, 'ControlNet')
         net = from_pretrained_or_explain(sd.family.controlnet_model_class().from_pretrained, path, 'ControlNet',
-                                         dtype=dtype, **hub_kwargs)
+                                         dtype=dtype, **quantized, **hub_kwargs)
         sd.family.prepare_controlnet(net, sd.denoiser, path)
+        for c in (c for s in specs for c in s.controlnets if c.path == path):
+            sd.family.check_control_mode(net, c.mode, path)
         sd.controlnets[key] = net.requires_grad_(False).eval()
     return index
 
@@ -76,21 +79,49 @@ def controlnet_residuals(sd: FrozenStableDiffusion, index: dict[str, str], specs
             parts = [by_key[k] for k in chunk]
             text = TextCondition.cat([p.text for p in parts])
             with timed('controlnet'):
+                hidden, grid_kwargs = sd.denoiser_input(torch.cat([p.noisy for p in parts]))
+                kwargs = {**sd.family.controlnet_kwargs(module, condition_kwargs(text), net.mode), **grid_kwargs}
                 down, mid = sd.family.split_residuals(module(
-                    torch.cat([p.noisy for p in parts]), timestep=torch.cat([p.timestep for p in parts]),
-                    controlnet_cond=cond.repeat(len(chunk), 1, 1, 1), conditioning_scale=net.scale,
-                    return_dict=False, **sd.family.controlnet_kwargs(module, condition_kwargs(text))))
+                    hidden, timestep=torch.cat([p.timestep for p in parts]),
+                    controlnet_cond=cond.repeat(len(chunk), *[1] * (cond.ndim - 1)), conditioning_scale=net.scale,
+                    return_dict=False, **kwargs), module, sd.denoiser)
             for j, key in enumerate(chunk):
-                done[net, key] = ([d[j * b:(j + 1) * b] for d in down], None if mid is None else mid[j * b:(j + 1) * b])
+                done[net, key] = (per_distinct(lambda d: None if d is None else d[j * b:(j + 1) * b], down),
+                                  None if mid is None else mid[j * b:(j + 1) * b])
     out = []
     for spec, inp in zip(specs, inputs):
         down = mid = None
         for net in spec.controlnets:
             d, m = done[net, inp.key]
-            down = d if down is None else [a + r for a, r in zip(down, d)]
+            down = d if down is None else per_distinct(_add, down, d)
             mid = m if mid is None or m is None else mid + m
         out.append((down, mid))
     return out
+
+
+def per_distinct(fn: Callable, *lists: Sequence) -> list:
+    """``[fn(*xs) for xs in zip(*lists)]`` with ``fn`` run once per distinct tuple of objects: per-block
+    residual lists repeat one tensor over several blocks (FLUX), and a copy per block would multiply their
+    memory. ``None`` entries (blocks a ControlNet does not reach) are passed to ``fn``."""
+    done: dict[tuple, object] = {}
+    out = []
+    for xs in zip(*lists):
+        key = tuple(map(id, xs))
+        if key not in done:
+            done[key] = fn(*xs)
+        out.append(done[key])
+    return out
+
+
+def _add(a, b):
+    """Two ControlNets' residuals for one block (``None``: no residual)."""
+    return a if b is None else b if a is None else a + b
+
+
+def _cat_or_zeros(*xs):
+    """One block's residuals of the batched branches; a branch without one adds zeros (``None`` if none has)."""
+    ref = next((x for x in xs if x is not None), None)
+    return None if ref is None else torch.cat([torch.zeros_like(ref) if x is None else x for x in xs])
 
 
 def take_residuals(residuals: list, group: Sequence[int]) -> list[tuple]:
@@ -112,12 +143,13 @@ def batch_residuals(residuals: list[tuple]) -> tuple:
         residuals.clear()
         return down, mid
     ref_down, ref_mid = next(r for r in residuals if r[0] is not None)
-    zeros = ([torch.zeros_like(d) for d in ref_down], None if ref_mid is None else torch.zeros_like(ref_mid))
+    zeros = ([None] * len(ref_down), None if ref_mid is None else torch.zeros_like(ref_mid))
     parts = [r if r[0] is not None else zeros for r in residuals]  # x + 0 == x
     residuals.clear()
-    down = [torch.cat([p[0][j] for p in parts]) for j in range(len(ref_down))]
+    down = per_distinct(_cat_or_zeros, *[p[0] for p in parts])
     mid = None if ref_mid is None else torch.cat([p[1] for p in parts])
     return down, mid
 
 
-__all__ = ['BranchInput', 'load_controlnets', 'controlnet_residuals', 'take_residuals', 'batch_residuals']
+__all__ = ['BranchInput', 'load_controlnets', 'controlnet_residuals', 'per_distinct', 'take_residuals',
+           'batch_residuals']

@@ -160,10 +160,14 @@ class FrozenStableDiffusion(nn.Module):
             the VAE, text encoders and scheduler of ``pretrained``.
         drop_text_encoders: optional text encoders not to load (SD3's T5, ``'text_encoder_3'``: 4.7 B
             parameters; the prompt then gets zeros in its place, as diffusers does without it).
+        guidance: the guidance value of guidance-distilled denoisers (FLUX.1-dev; ``None``: the family's default).
+        quantization: load the denoiser and the ControlNets quantized: a diffusers quantization config
+            (:func:`.quantization.quantization_config`).
     """
 
     def __init__(self, pretrained: str, dtype: torch.dtype = torch.float32, vae: str | None = None,
-                 unet: str | None = None, drop_text_encoders: Sequence[str] = (), **hub_kwargs) -> None:
+                 unet: str | None = None, drop_text_encoders: Sequence[str] = (), guidance: float | None = None,
+                 quantization=None, **hub_kwargs) -> None:
         super().__init__()
         check_weights_location(pretrained, 'Stable Diffusion model')
         for path, what in ((vae, 'VAE'), (unet, 'denoiser')):
@@ -183,7 +187,9 @@ class FrozenStableDiffusion(nn.Module):
                                + tuple(x for a in encoders for x in (a, family.text_encoders[a])))
         self.pretrained, self.vae_path, self.unet_path = pretrained, vae, unet
         self.hub_kwargs, self.load_kwargs = hub_kwargs, dict(dtype=dtype, **hub_kwargs)
+        self.guidance, self.quantization = guidance, quantization
         self._denoiser_config = None
+        family.check_options(self.denoiser_config(), guidance)
         # text first: prompts are encoded and the encoders released before the large models load,
         # which keeps the build's peak memory at what the forward needs
         self.text_encoders = nn.ModuleDict()
@@ -234,6 +240,8 @@ class FrozenStableDiffusion(nn.Module):
 
     def _load_denoiser(self):
         path, kwargs = self._component(self.unet_path, self.family.denoiser)
+        if self.quantization is not None:
+            kwargs['quantization_config'] = self.quantization
         return from_pretrained_or_explain(self.family.denoiser_model_class().from_pretrained, path, 'denoiser',
                                           **kwargs, **self.load_kwargs)
 
@@ -291,7 +299,17 @@ class FrozenStableDiffusion(nn.Module):
     def condition_kwargs(self, text: TextCondition, size: tuple[int, int]) -> dict:
         """The family's conditioning kwargs of the denoiser and its ControlNets for a batch of text
         conditions and a model input of ``size`` (before padding)."""
-        return self.family.condition_kwargs(text, size, self.denoiser_config())
+        options = {} if self.guidance is None else dict(guidance=self.guidance)
+        return self.family.condition_kwargs(text, size, self.denoiser_config(), **options)
+
+    def denoiser_input(self, latents: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The denoiser's input for latents ``[B, C, h, w]`` and the kwargs of their grid (FLUX: packed)."""
+        return self.family.denoiser_input(latents)
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the VAE latents the denoiser takes."""
+        return self.family.latent_channels(self.denoiser_config())
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> TextCondition:

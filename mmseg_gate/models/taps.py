@@ -119,8 +119,9 @@ def tappable_modules(pretrained: str, size: tuple[int, int] = (512, 512), **sd_k
     sd.load_denoiser()
     m = sd.pad_multiple
     image_hw = (-(-size[0] // m) * m, -(-size[1] // m) * m)
-    latents = torch.zeros(1, sd.denoiser.config.in_channels, image_hw[0] // sd.vae_scale_factor,
+    latents = torch.zeros(1, sd.latent_channels, image_hw[0] // sd.vae_scale_factor,
                           image_hw[1] // sd.vae_scale_factor, dtype=sd.dtype)
+    hidden, grid_kwargs = sd.denoiser_input(latents)
     kwargs = sd.condition_kwargs(text.to(sd.dtype), image_hw)
     t = torch.tensor([sd.family.model_timestep(sd.noise_level(50, image_hw))])
 
@@ -132,7 +133,8 @@ def tappable_modules(pretrained: str, size: tuple[int, int] = (512, 512), **sd_k
             if not stride or out.shape[-2:] != (-(-image_hw[0] // stride), -(-image_hw[1] // stride)):
                 return None
         return out
-    return list_tappable(sd.denoiser, lambda: sd.denoiser(latents, timestep=t, **kwargs), image_hw, select)
+    return list_tappable(sd.denoiser, lambda: sd.denoiser(hidden, timestep=t, **kwargs, **grid_kwargs), image_hw,
+                         select)
 
 
 __all__ = ['tappable_modules', 'Tap', 'describe_output', 'probe_taps', 'to_feature_map', 'plan_levels', 'feed_forwards_tapped',

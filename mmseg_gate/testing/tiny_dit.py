@@ -1,4 +1,4 @@
-"""Write tiny diffusion-transformer (SD3 / PixArt) weights in the standard diffusers layout.
+"""Write tiny diffusion-transformer (SD3 / PixArt; FLUX: :mod:`.tiny_flux`) weights in the standard diffusers layout.
 
 Random but deterministic (seeded), made offline in a few seconds, laid out as real downloads are, so
 tests exercise the loading code real weights go through:
@@ -220,14 +220,15 @@ def _write_pixart(out: Path, seed: int = 30) -> None:
 
 
 def make_tiny_dit(out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write the tiny SD3 / PixArt assets under ``out`` (see the module docstring) and return ``out``;
-    skipped when ``out/.complete_dit`` exists, unless ``overwrite``."""
+    """Write the tiny SD3 / PixArt assets under ``out`` (see the module docstring) and the FLUX ones
+    (:func:`.tiny_flux.make_tiny_flux`), and return ``out``; each skipped when its marker (``.complete_dit``,
+    ``.complete_flux``) exists, unless ``overwrite``."""
+    from .tiny_flux import make_tiny_flux
     out = Path(out)
     done = out / '.complete_dit'
-    if done.exists() and not overwrite:
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    _write_sd3(out)
-    _write_pixart(out)
-    done.write_text(json.dumps(['sd3', 'sd3-controlnet', 'sd3-lora', 'pixart-sigma', 'pixart-alpha']))
-    return out
+    if not done.exists() or overwrite:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_sd3(out)
+        _write_pixart(out)
+        done.write_text(json.dumps(['sd3', 'sd3-controlnet', 'sd3-lora', 'pixart-sigma', 'pixart-alpha']))
+    return make_tiny_flux(out, overwrite=overwrite)  # the FLUX assets: flux/, flux-controlnet*/, flux-lora/

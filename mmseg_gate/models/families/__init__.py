@@ -1,6 +1,6 @@
-"""Model families: what differs between Stable Diffusion 1/2, SDXL, SD3 and PixArt.
+"""Model families: what differs between Stable Diffusion 1/2, SDXL, SD3, PixArt and FLUX.
 
-One module per family (:mod:`.sd`, :mod:`.sd3`, :mod:`.pixart`) on the interface of :mod:`.base`.
+One module per family (:mod:`.sd`, :mod:`.sd3`, :mod:`.pixart`, :mod:`.flux`) on the interface of :mod:`.base`.
 The family is read from the folder (``model_index.json``'s pipeline class, else its components):
 no flag to set.
 """
@@ -11,13 +11,14 @@ import os
 from pathlib import Path
 
 from .base import DenoiserFamily, TextCondition, first_output, token_ids
+from .flux import FluxFamily
 from .pixart import PixArtAlphaFamily, PixArtSigmaFamily
 from .sd import StableDiffusionFamily, StableDiffusionXLFamily
 from .sd3 import StableDiffusion3Family
 
 #: most specific first: detection takes the first family that matches
 FAMILIES: dict[str, DenoiserFamily] = {f.name: f for f in (
-    StableDiffusion3Family(), PixArtSigmaFamily(), PixArtAlphaFamily(), StableDiffusionXLFamily(), StableDiffusionFamily())}
+    StableDiffusion3Family(), FluxFamily(), PixArtSigmaFamily(), PixArtAlphaFamily(), StableDiffusionXLFamily(), StableDiffusionFamily())}
 
 
 def _components(pretrained: str, **hub_kwargs) -> dict:
@@ -63,12 +64,12 @@ def check_family_options(family: DenoiserFamily, specs, denoising_from, attentio
         raise ValueError(f'the {family.name} family does not support ' + '; '.join(unet_only)
                          + ': remove it from the backbone config')
     if sigma is not None and not family.flow_matching:
-        raise ValueError(f'sigma={sigma} is for flow-matching families (sd3); the {family.name} family is noised '
+        raise ValueError(f'sigma={sigma} is for flow-matching families (sd3, flux); the {family.name} family is noised '
                          'by timestep: give timestep= instead')
     if sigma is not None and not 0 <= sigma <= 1:
         raise ValueError(f'sigma={sigma}: a flow-matching noise level lies in [0, 1]')
 
 
 __all__ = ['TextCondition', 'DenoiserFamily', 'StableDiffusionFamily', 'StableDiffusionXLFamily',
-           'StableDiffusion3Family', 'PixArtSigmaFamily', 'PixArtAlphaFamily', 'FAMILIES',
+           'StableDiffusion3Family', 'FluxFamily', 'PixArtSigmaFamily', 'PixArtAlphaFamily', 'FAMILIES',
            'detect_family', 'token_ids', 'first_output', 'check_family_options']

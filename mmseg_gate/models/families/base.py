@@ -119,6 +119,21 @@ class DenoiserFamily:
         """Latent sides must be multiples of this (UNet: its down-sampling; DiT: its patch size)."""
         raise NotImplementedError
 
+    def latent_channels(self, config) -> int:
+        """Channels of the VAE latents the denoiser takes (``config``: the denoiser's)."""
+        return int(config['in_channels'])
+
+    def denoiser_input(self, latents: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The denoiser's (and its ControlNets') input for latents ``[B, C, h, w]`` and the kwargs that depend
+        on their grid (FLUX: packed tokens and their position ids)."""
+        return latents, {}
+
+    def check_options(self, config, guidance: float | None) -> None:
+        """Fail at build time for options this denoiser (``config``) does not have."""
+        if guidance is not None:
+            raise ValueError(f'guidance={guidance} is for guidance-distilled denoisers (FLUX.1-dev); the {self.name} '
+                             'family has none: remove guidance from the backbone config')
+
     def condition_kwargs(self, text: TextCondition, size: tuple[int, int], config=None) -> dict:
         """The denoiser's (and its ControlNets') conditioning kwargs for a batch of text conditions and
         an input of ``size`` (the model input's size before padding, in pixels); ``config``: the
@@ -141,22 +156,39 @@ class DenoiserFamily:
         """What the ControlNet gets as ``controlnet_cond`` for a control image in [0, 1] (UNets: the image)."""
         return condition.to(sd.dtype)
 
-    def controlnet_kwargs(self, net: nn.Module, kwargs: dict) -> dict:
-        """The ControlNet's conditioning kwargs, from the denoiser's."""
+    def check_control_mode(self, net: nn.Module, mode: int | None, path: str) -> None:
+        """Fail at build time when a ControlNet's ``mode`` does not fit it (only union ControlNets have modes)."""
+        if mode is not None:
+            raise ValueError(f'ControlNet {path!r} has one control type: remove mode={mode} from the branch\'s '
+                             'controlnet (modes are for union ControlNets)')
+
+    def controlnet_kwargs(self, net: nn.Module, kwargs: dict, mode: int | None = None) -> dict:
+        """The ControlNet's conditioning kwargs, from the denoiser's (``mode``: a union ControlNet's)."""
         return kwargs
 
-    def split_residuals(self, output) -> tuple:
+    def split_residuals(self, output, net: nn.Module, denoiser: nn.Module) -> tuple:
         """A ControlNet's output as ``(per-block residuals, middle residual or None)``."""
         down, mid = output
         return list(down), mid
 
-    def residual_kwargs(self, down, mid) -> dict:
+    def residual_kwargs(self, denoiser: nn.Module, down, mid) -> dict:
         """The denoiser kwargs that add the (summed, batched) ControlNet residuals."""
         return dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
 
     def tap_select(self, denoiser: nn.Module, down):
         """``select(module, output)`` for the taps of one pass with ControlNet residuals ``down`` (or None)."""
         return self.image_output
+
+    # ------------------------------------------------------------------ LoRA
+    def read_lora(self, path: str, unet_config=None) -> tuple[dict, dict | None, dict | None]:
+        """``(state_dict, network alphas or None, metadata)`` of a LoRA file in diffusers' format (the family's
+        loader converts kohya/LyCORIS/XLabs files)."""
+        return self.lora_pipeline().lora_state_dict(path, unet_config=unet_config, return_lora_metadata=True)
+
+    def load_transformer_lora(self, state_dict: dict, alphas, model: nn.Module, adapter_name: str, metadata) -> None:
+        """Load ``state_dict``'s transformer layers into ``model`` as the peft adapter ``adapter_name``."""
+        self.lora_pipeline().load_lora_into_transformer(state_dict, transformer=model, adapter_name=adapter_name,
+                                                        metadata=metadata)
 
     # ------------------------------------------------------------------ noise
     def noise_scheduler(self, pretrained: str, **hub_kwargs):

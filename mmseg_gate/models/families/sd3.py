@@ -92,7 +92,7 @@ class StableDiffusion3Family(DiTFamily):
         shift = 0.0 if net.config.force_zeros_for_pooled_projection else sd.vae.config.shift_factor
         return ((z - shift) * sd.vae.config.scaling_factor).contiguous().to(sd.dtype)
 
-    def controlnet_kwargs(self, net: nn.Module, kwargs: dict) -> dict:
+    def controlnet_kwargs(self, net: nn.Module, kwargs: dict, mode: int | None = None) -> dict:
         """Zero pooled projections for InstantX's kind; no text states for those without a context embedder."""
         kwargs = dict(kwargs)
         if net.config.force_zeros_for_pooled_projection:
@@ -101,10 +101,10 @@ class StableDiffusion3Family(DiTFamily):
             kwargs['encoder_hidden_states'] = None
         return kwargs
 
-    def split_residuals(self, output) -> tuple:
+    def split_residuals(self, output, net: nn.Module, denoiser: nn.Module) -> tuple:
         return list(output[0]), None
 
-    def residual_kwargs(self, down, mid) -> dict:
+    def residual_kwargs(self, denoiser: nn.Module, down, mid) -> dict:
         return dict(block_controlnet_hidden_states=down)
 
     def tap_select(self, denoiser: nn.Module, down):
@@ -120,6 +120,11 @@ class StableDiffusion3Family(DiTFamily):
             out = self.image_output(module, output)
             return out + residual[id(module)] if id(module) in residual else out
         return select
+
+    # ------------------------------------------------------------------ LoRA
+    def read_lora(self, path: str, unet_config=None) -> tuple[dict, dict | None, dict | None]:
+        (state_dict, metadata) = self.lora_pipeline().lora_state_dict(path, return_lora_metadata=True)
+        return state_dict, None, metadata  # no network alphas: they are in the file's metadata
 
     # ------------------------------------------------------------------ noise
     def noise_scheduler(self, pretrained: str, **hub_kwargs):
