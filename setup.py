@@ -16,5 +16,7 @@ setup(
         'numpy>=2,<2.4',  # cityscapesscripts calls np.in1d, removed in numpy 2.4
         'opencv-python-headless', 'ftfy', 'regex', 'tokenizers', 'scikit-image', 'matplotlib', 'tqdm',
     ],
-    extras_require={'dev': ['pytest', 'pytest-timeout', 'cityscapesscripts']},
+    # quant: quantization=dict(type='TorchAoConfig', ...) of the FLUX configs (bitsandbytes: install it yourself,
+    # GPU only); dev has it so that the quantized path is tested on CPU
+    extras_require={'dev': ['pytest', 'pytest-timeout', 'cityscapesscripts', 'torchao'], 'quant': ['torchao']},
 )

@@ -189,3 +189,25 @@ def test_flux_refuses_bad_control_modes(tiny_dit):
                                                                        mode=2)])]))
     with pytest.raises(ValueError, match='guidance=2.0 is for guidance-distilled'):
         build(_cfg(tiny_dit, 'sd3', guidance=2.0, taps=('transformer_blocks.0',)))
+
+
+@torch.no_grad()
+def test_quantized_transformer_and_controlnet_keep_loras_and_features(tiny_dit, image):
+    """quantization= loads the transformer and the ControlNet through diffusers' quantization config (torchao int8
+    weight-only: runs on CPU); LoRA adapters stay on top; the features stay close to the unquantized ones."""
+    from mmseg_gate.models.quantization import quantization_config
+    branch = dict(name='l', loras=[dict(path=str(tiny_dit / 'flux-lora' / 'a.safetensors'))],
+                  controlnets=[dict(path=str(tiny_dit / 'flux-controlnet'))])
+    ref = build(_cfg(tiny_dit, sigma=0.2, branches=[branch])).eval()(image)
+    m = build(_cfg(tiny_dit, sigma=0.2, branches=[branch],
+                   quantization=dict(type='TorchAoConfig', quant_type='Int8WeightOnlyConfig'))).eval()
+    for net in (m.sd.denoiser, m.sd.controlnets['0']):
+        assert type(net.transformer_blocks[0].attn.to_k.weight).__name__ == 'Int8Tensor'
+    assert 'lora_A' in dir(m.sd.denoiser.transformer_blocks[0].attn.to_q)  # the adapter wraps the quantized layer
+    assert m.frozen_provenance()['quantization'] == 'torchao:Int8WeightOnlyConfig'
+    for o, r in zip(m(image), ref):
+        assert not torch.equal(o, r) and (o - r).abs().max() < 0.02 * r.abs().max()
+    with pytest.raises(ValueError, match="type='Int8'"):
+        quantization_config(dict(type='Int8'))
+    with pytest.raises(ValueError, match="quant_type='int8wo' is no torchao config class"):
+        quantization_config(dict(type='TorchAoConfig', quant_type='int8wo'))

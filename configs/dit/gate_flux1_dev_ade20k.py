@@ -44,7 +44,7 @@ model = dict(
         # 8-bit weights (torchao int8 weight-only, in the dev extra): 11.9 GB for the transformer instead of 23.8.
         # 4 bits: dict(type='BitsAndBytesConfig', load_in_4bit=True, bnb_4bit_quant_type='nf4',
         # bnb_4bit_compute_dtype='bfloat16') (pip install bitsandbytes; GPU only). None on an 80 GB card.
-        quantization=dict(type='TorchAoConfig', quant_type='int8wo'),
+        quantization=dict(type='TorchAoConfig', quant_type='Int8WeightOnlyConfig'),
         # The authors' "t=50" on FLUX: FluxImg2ImgPipeline at strength 0.05 through the 28-step schedule shifted
         # by the image's resolution, features at its first step: sigma 0.195 at 1024x1024 (0.126 at 512).
         # DiTF's t=260 would be timestep=260; or give the noise level directly: sigma=0.195.

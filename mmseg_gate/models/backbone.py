@@ -145,7 +145,7 @@ class GATEDiffusionBackbone(BaseModule):
             parameters); its tokens are then zeros, as in diffusers without it.
         quantization: load the denoiser and the ControlNets quantized (diffusers' ``quantization_config``):
             ``dict(type='BitsAndBytesConfig', load_in_4bit=True, ...)`` or ``dict(type='TorchAoConfig',
-            quant_type='int8wo')`` (:mod:`.quantization`; FLUX.1 on a 24 GB card). LoRA adapters stay in
+            quant_type='Int8WeightOnlyConfig')`` (:mod:`.quantization`; FLUX.1 on a 24 GB card). LoRA adapters stay in
             ``dtype``.
         hub_kwargs: extra ``from_pretrained`` kwargs (``revision``, ``local_files_only``, ...).
     """

@@ -3,7 +3,7 @@
 A frozen 12 B-parameter FLUX transformer fills a 24 GB card in bf16 (23.8 GB); in 8 bits it takes about
 half and in 4 bits about a quarter, which leaves room for three branches' activations and the heads.
 diffusers quantizes at ``from_pretrained(..., quantization_config=...)``; this module turns a config's
-``quantization=dict(type='TorchAoConfig', quant_type='int8wo')`` into that object and says which package a
+``quantization=dict(type='TorchAoConfig', quant_type='Int8WeightOnlyConfig')`` into that object and says which package a
 backend needs. bitsandbytes needs a GPU; torchao's weight-only types also run on CPU.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ _DTYPE_KEYS = ('bnb_4bit_compute_dtype', 'compute_dtype')
 def quantization_config(cfg):
     """``None``; a diffusers quantization config (returned as is); or ``dict(type=<class name>, **kwargs)``,
     e.g. ``dict(type='BitsAndBytesConfig', load_in_4bit=True, bnb_4bit_quant_type='nf4',
-    bnb_4bit_compute_dtype='bfloat16')`` or ``dict(type='TorchAoConfig', quant_type='int8wo')``."""
+    bnb_4bit_compute_dtype='bfloat16')`` or ``dict(type='TorchAoConfig', quant_type='Int8WeightOnlyConfig')``
+    (a torchao config class by name, its kwargs in ``quant_type_kwargs``)."""
     if cfg is None or not isinstance(cfg, dict):
         return cfg
     cfg = dict(cfg)
@@ -36,8 +37,22 @@ def quantization_config(cfg):
     for key in _DTYPE_KEYS:
         if isinstance(cfg.get(key), str):
             cfg[key] = getattr(torch, cfg[key])
+    if kind == 'TorchAoConfig' and isinstance(cfg.get('quant_type'), str):
+        cfg['quant_type'] = _torchao_config(cfg['quant_type'], cfg.pop('quant_type_kwargs', {}))
     import diffusers
     return getattr(diffusers, kind)(**cfg)
+
+
+def _torchao_config(name: str, kwargs: dict):
+    """``'Int8WeightOnlyConfig'`` -> ``torchao.quantization.Int8WeightOnlyConfig(**kwargs)`` (diffusers 0.42 takes
+    torchao's config objects, not the old string names)."""
+    import torchao.quantization as tq
+    cls = getattr(tq, name, None)
+    if cls is None or not name.endswith('Config'):
+        known = sorted(n for n in dir(tq) if n.endswith('Config') and not n.startswith('_'))
+        raise ValueError(f"quantization quant_type={name!r} is no torchao config class: use one of {known} "
+                         "(e.g. 'Int8WeightOnlyConfig'; GPU: 'Float8WeightOnlyConfig', 'Int4WeightOnlyConfig')")
+    return cls(**kwargs)
 
 
 def describe(config) -> str | None:
@@ -46,6 +61,7 @@ def describe(config) -> str | None:
         return None
     method = getattr(config, 'quant_method', None)
     detail = getattr(config, 'quant_type', None) or getattr(config, 'weights_dtype', None)
+    detail = detail if detail is None or isinstance(detail, str) else type(detail).__name__
     if getattr(config, 'load_in_4bit', False):
         detail = f"4bit-{getattr(config, 'bnb_4bit_quant_type', '')}"
     elif getattr(config, 'load_in_8bit', False):
