@@ -1,6 +1,7 @@
 """The README's "Reproducing GATE" commands run as written on the tiny assets (paths swapped)."""
 import re
 import shlex
+import shutil
 import sys
 
 from test_lora import merged  # noqa: F401  (fixture: the tiny base with a LoCon merged, as one .ckpt)
@@ -27,9 +28,19 @@ def test_readme_recipe_runs_on_the_tiny_assets(workspace, merged):  # noqa: F811
              'iter_80000.pth': 'iter_2.pth', 'python tools/': f'{sys.executable} {REPO}/tools/'}
     commands = recipe_commands()
     assert len(commands) == 7, commands  # caption, 2 LoRA trainings, 2 extractions, train, test
+    ran = {}  # swapped command with LoRA b's paths read as a's -> LoRA a's output path
     for command in commands:
         for old, new in swaps.items():
             command = command.replace(old, new)
+        # LoRA b's training and extraction become LoRA a's after the swaps (one tiny config, one merged file):
+        # run a's once and copy its output to b's path (the suite's time budget)
+        as_a = command.replace('lora_ade20k_b', 'lora_ade20k_a')
+        if as_a in ran and as_a != command:
+            target = workspace / re.search(r'(work_dirs/lora_ade20k_b\S*)', command).group(1)
+            source = workspace / ran[as_a]
+            shutil.copytree(source, target) if source.is_dir() else shutil.copy(source, target)
+            continue
+        ran[command] = next(iter(re.findall(r'(work_dirs/lora_ade20k_a\S*)', command)), None)
         args = shlex.split(command)
         if 'lora_tiny' in command:  # a few iterations: the LoRA test checks the training itself
             args += ['--cfg-options', 'train_cfg.max_iters=4', 'default_hooks.checkpoint.interval=4']

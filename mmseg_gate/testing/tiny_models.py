@@ -129,11 +129,21 @@ def _calibrated_vae(vae: torch.nn.Module) -> torch.nn.Module:
     return vae
 
 
+#: trained tiny VAE weights by architecture: SD's and SDXL's tiny VAEs share one (their training is most of the
+#: assets' build time)
+_TRAINED_VAES: dict[str, dict] = {}
+
+
 def _tiny_vae(cfg: dict, calibrate: bool, train: bool) -> torch.nn.Module:
+    import json
     from diffusers import AutoencoderKL
     vae = AutoencoderKL(**cfg)
     if train:
-        vae = _pretrained_tiny_vae(vae)
+        arch = json.dumps({k: v for k, v in cfg.items() if k not in ('force_upcast', 'scaling_factor')}, sort_keys=True)
+        if arch not in _TRAINED_VAES:
+            _TRAINED_VAES[arch] = {k: v.clone() for k, v in _pretrained_tiny_vae(vae).state_dict().items()}
+        vae.load_state_dict(_TRAINED_VAES[arch])
+        vae.eval()
     return _calibrated_vae(vae) if calibrate else vae
 
 
