@@ -211,3 +211,27 @@ def test_quantized_transformer_and_controlnet_keep_loras_and_features(tiny_dit, 
         quantization_config(dict(type='Int8'))
     with pytest.raises(ValueError, match="quant_type='int8wo' is no torchao config class"):
         quantization_config(dict(type='TorchAoConfig', quant_type='int8wo'))
+
+
+@torch.no_grad()
+def test_lora_extracted_from_a_fine_tuned_flux_folder_equals_the_lora(tiny_dit, image, tmp_path):
+    """tools/extract_lora.py's functions on FLUX: LoRA b merged into the transformer and the CLIP encoder, saved
+    as a folder, extracted back at its rank (FLUX format): the branch features equal those of the original."""
+    from diffusers import FluxPipeline
+    from mmseg_gate.lora.extract import extract_lora, load_models, relative_error
+    from mmseg_gate.lora.files import save_lora
+    original = str(tiny_dit / 'flux-lora' / 'b.safetensors')
+    pipe = FluxPipeline.from_pretrained(tiny_dit / 'flux')
+    pipe.load_lora_weights(original)
+    pipe.fuse_lora(components=['transformer', 'text_encoder'])  # FluxPipeline fuses the transformer alone by default
+    pipe.unload_lora_weights()
+    pipe.save_pretrained(tmp_path / 'tuned')
+    base = load_models(str(tiny_dit / 'flux'), str(tiny_dit / 'flux'), '--base')
+    assert set(base) == {'transformer', 'text_encoder'}
+    layers, reports = extract_lora(base, load_models(str(tmp_path / 'tuned'), str(tiny_dit / 'flux'), '--tuned'),
+                                   rank=2, progress=False)
+    assert relative_error(reports) < 1e-4 and {r.model for r in reports} == {'transformer', 'text_encoder'}
+    extracted = save_lora(tmp_path / 'b.safetensors', layers, FluxPipeline)
+    feats = [build(_cfg(tiny_dit, taps=TAPS[:1], sigma=0.2, branches=[dict(name='b', loras=[dict(path=str(p))])]
+                        )).eval()(image)[0] for p in (original, extracted)]
+    torch.testing.assert_close(feats[1], feats[0], rtol=1e-3, atol=1e-4)
