@@ -9,8 +9,8 @@ agree (max_abs_diff).
 
   python tools/benchmark.py --preset sd15 --size 512 --batch 1 --branches gate --json bench.json
 
-Diffusion transformers (``--preset sd35m``, ``pixart``; ``tiny-sd3``, ``tiny-pixart`` for tests): see
-tools/benchmark_dit.py for their branches, taps, depth and reference-style extractor.
+Diffusion transformers (``--preset sd35m``, ``pixart``, ``flux``; ``tiny-sd3``, ``tiny-pixart``, ``tiny-flux``
+for tests): see tools/benchmark_dit.py for their branches, taps, depth and reference-style extractor.
 """
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def build_trainable(out_channels: list[int], n_branches: int, preset: str, devic
     from mmseg.utils import register_all_modules
     from mmseg_gate.models.amalgamation import Amalgamation
     register_all_modules()
-    big = preset not in ('tiny', 'tiny-sd3', 'tiny-pixart')
+    big = not preset.startswith('tiny')
     norm = dict(type='BN', requires_grad=True)
     amalg = Amalgamation(out_channels, n_branches, hidden_channels=128 if big else 16,
                          refine_blocks=4 if big else 1, fuse_blocks=2 if big else 1)
@@ -178,7 +178,7 @@ def worker(args) -> None:
     is_dit = args.preset in dit.DIT_PRESETS
     if is_dit:
         pretrained, taps = dit.pipeline_folder(Path(args.assets), args.preset), dict(
-            taps=dit.dit_taps(dit.num_blocks(Path(args.assets), args.preset)))
+            taps=dit.preset_taps(Path(args.assets), args.preset))
     else:
         pretrained, taps = Path(args.assets) / 'sd', SDXL_TAPS if args.preset == 'sdxl' else dict(taps=TAPS)
     if args.worker == 'gate':
@@ -272,15 +272,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--preset', choices=['tiny', 'sd15', 'sdxl', *dit.DIT_PRESETS], default='tiny',
                         help='tiny test models, SD1.5-shaped random weights (~6 GB, made once) or SDXL-shaped '
-                             'ones (~19 GB; ours only: --modes gate); sd35m / pixart: SD3.5-medium- / '
-                             'PixArt-Sigma-XL-shaped (made once, --dit-blocks deep), tiny-sd3 / tiny-pixart: '
-                             'the tiny DiT test assets (tools/benchmark_dit.py)')
+                             'ones (~19 GB; ours only: --modes gate); sd35m / pixart / flux: SD3.5-medium- / '
+                             'PixArt-Sigma-XL- / FLUX.1-dev-shaped (made once, --dit-blocks deep), tiny-sd3 / '
+                             'tiny-pixart / tiny-flux: the tiny DiT test assets (tools/benchmark_dit.py)')
     parser.add_argument('--assets', default=None,
                         help='asset folder (default: data/tiny_sd, data/sd15_random, data/sdxl_random, '
-                             'data/sd35m_random_b<N>, data/pixart_sigma_random_b<N> or data/tiny_dit)')
-    parser.add_argument('--dit-blocks', type=int, default=None,
-                        help='sd35m / pixart: transformer blocks of the random assets (default '
-                             f'{dit.DEFAULT_BLOCKS}; the real models have 24 / 28; widths are always the real ones)')
+                             'data/sd35m_random_b<N>, data/pixart_sigma_random_b<N>, data/flux1dev_random_d<D>s<S> '
+                             'or data/tiny_dit)')
+    parser.add_argument('--dit-blocks', default=None,
+                        help='sd35m / pixart: transformer blocks N of the random assets; flux: D,S double- and '
+                             f'single-stream blocks (default {dit.DEFAULT_BLOCKS}; the real models have 24 / 28 / '
+                             '19,38; widths are always the real ones)')
     parser.add_argument('--size', type=int, default=512, help='square input side, multiple of 64')
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--branches', choices=['basic', 'gate', 'ip'], default='gate',
@@ -312,6 +314,11 @@ def main() -> None:
         args.dtype = 'fp32' if args.device == 'cpu' else 'bf16'
     if args.branches == 'ip' and args.preset in dit.DIT_PRESETS:
         parser.error(f'--branches ip is for the SD presets (got --preset {args.preset})')
+    if args.preset in dit.DIT_PRESETS and not args.preset.startswith('tiny-'):
+        try:
+            dit.parse_blocks(args.preset, args.dit_blocks)
+        except ValueError as e:
+            parser.error(str(e))
     from mmseg_gate.testing.tiny_models import make_sd15_shaped, make_sdxl_shaped, make_tiny_sd
     makers = dict(tiny=(make_tiny_sd, 'data/tiny_sd'), sd15=(make_sd15_shaped, 'data/sd15_random'),
                   sdxl=(make_sdxl_shaped, 'data/sdxl_random'))
