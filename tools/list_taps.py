@@ -6,6 +6,7 @@ stride and shape.
   python tools/list_taps.py checkpoints/stable-diffusion-3.5-medium --size 1024 1024 --grep 'blocks.12' \
       --drop-text-encoders text_encoder_3
   python tools/list_taps.py checkpoints/PixArt-Sigma-XL-2-1024-MS --size 1024 1024 --grep 'blocks.13'
+  python tools/list_taps.py checkpoints/FLUX.1-dev --size 1024 1024 --grep 'single_transformer_blocks.9'
 
 DiT blocks and their parts give image tokens on the 1/16 grid (text-stream outputs are not listed).
 
