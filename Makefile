@@ -2,7 +2,9 @@
 #               takes ~10 min once per kind, later installs reuse its cached wheel)
 #               MMCV_OPS=auto|cpu|cuda picks mmcv's ops (auto: CUDA ops only with a GPU and a CUDA toolkit)
 # make mmcv:    (re)install mmcv with MMCV_OPS's kind into an existing .venv
-# make test:    the test suite (installs first if needed)
+# make test:    the fast suite: every test but the end-to-end tool runs (installs first if needed)
+# make test-e2e: the end-to-end runs of the tools in subprocesses (pytest marker e2e)
+# make test-all: both in one run: what CI (.ci/run) runs
 # make demo:    tiny weights + synthetic ADE20K-layout data, train, test, print mIoU
 # make doctor:  the environment report with a fix for each failed check
 # make lock:    re-resolve requirements.txt + setup.py in a fresh venv and rewrite requirements/lock.txt
@@ -13,7 +15,7 @@ LOCK := requirements/lock.txt
 MMCV_OPS ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: install mmcv test demo doctor lock clean
+.PHONY: install mmcv test test-e2e test-all demo doctor lock clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +36,12 @@ mmcv:
 	$(PIP) install -q -c $(LOCK) setuptools wheel
 
 test: install
+	$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS) tests
+
+test-e2e: install
+	$(PY) -m pytest -q -m e2e $(PYTEST_ARGS) tests
+
+test-all: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 demo: install

@@ -8,6 +8,11 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')  # tests never reach a hub
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'e2e: an end-to-end run of the tools in subprocesses (make test-e2e; '
+                                       'make test leaves them out, CI runs them with make test-all)')
+
+
 @pytest.fixture(scope='session')
 def tiny(tmp_path_factory):
     """Tiny SD/SD2/ControlNet/LoRA assets in the diffusers layout (built once per session)."""

@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e  # subprocess runs of tools/benchmark.py: make test-e2e
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 # tiny-sd3 and tiny-flux: their branches exercise every reference stage (LoRA, ControlNet; FLUX's packing, sigma
 # mapping and guidance, a tap on the last double block); PixArt's features are compared with diffusers in
 # test_dit.py, and another subprocess would cost ~45 s of the suite's budget
+@pytest.mark.e2e
 @pytest.mark.parametrize('preset', ['tiny-sd3', 'tiny-flux'])
 def test_dit_benchmark_json_and_feature_agreement(tiny_dit, tmp_path, preset):
     out = tmp_path / 'bench.json'

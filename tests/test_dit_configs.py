@@ -68,6 +68,7 @@ def dit_workspace(tiny_dit, tmp_path_factory):
     return ws
 
 
+@pytest.mark.e2e
 def test_tiny_flux_demo_trains_and_validates(dit_workspace):
     """configs/demo/gate_tiny_flux_ade20k.py through tools/train.py: the paper's three branches on FLUX (LoRAs in
     diffusers and kohya format as mixed-adapter batches, the FLUX ControlNet), four 1/16 taps of double- and

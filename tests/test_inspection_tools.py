@@ -100,6 +100,7 @@ def test_feature_pictures_differ_between_branches(tiny, image, tmp_path):
     assert (tmp_path / 'grid.png').stat().st_size > 1000
 
 
+@pytest.mark.e2e
 def test_visualize_features_cli(tiny, pictures, tmp_path):
     opts = [f'sd_path={tiny}/sd', f'controlnet_path={tiny}/controlnet-canny', f'lora_a={tiny}/lora/a.safetensors',
             f'lora_b={tiny}/lora/b.safetensors']
@@ -110,6 +111,7 @@ def test_visualize_features_cli(tiny, pictures, tmp_path):
                                                                'ADE_train_00000002_features.png']
 
 
+@pytest.mark.e2e
 def test_caption_tool_is_resumable(tmp_path, pictures):
     from mmseg_gate.testing import make_tiny_captioner
     model = make_tiny_captioner(tmp_path / 'blip')

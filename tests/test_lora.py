@@ -30,6 +30,7 @@ def merged(tiny, tmp_path_factory):
     return out
 
 
+@pytest.mark.e2e
 def test_extracted_lora_reproduces_the_merged_model(tiny, merged, image, image_uint8):
     out = merged / 'extracted.safetensors'
     _, log = run(merged, sys.executable, tool('extract_lora.py'), '--base', str(tiny / 'sd'), '--tuned',
@@ -88,6 +89,7 @@ def _losses(log):
     return [float(x) for x in re.findall(r'loss_denoise: ([\d.]+)', log)]
 
 
+@pytest.mark.e2e
 def test_lora_training_config_end_to_end(tiny, workspace):  # noqa: F811
     wd = workspace / 'work_dirs' / 'lora'
     opts = ['log_processor.window_size=1', 'default_hooks.logger.interval=1']

@@ -4,8 +4,12 @@ import shlex
 import shutil
 import sys
 
+import pytest
+
 from test_lora import merged  # noqa: F401  (fixture: the tiny base with a LoCon merged, as one .ckpt)
 from test_tools_e2e import REPO, SHORT, run, workspace  # noqa: F401  (workspace: a fixture)
+
+pytestmark = pytest.mark.e2e  # the tools through subprocesses: make test-e2e
 
 
 def recipe_commands() -> list[str]:

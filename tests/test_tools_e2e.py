@@ -14,6 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+pytestmark = pytest.mark.e2e  # the tools through subprocesses: make test-e2e
+
 REPO = Path(__file__).resolve().parents[1]
 SHORT = ['train_cfg.max_iters=2', 'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
          'param_scheduler.0.end=2']
