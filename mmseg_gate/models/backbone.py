@@ -55,7 +55,8 @@ class GATEDiffusionBackbone(BaseModule):
             ``attention`` and IP-Adapters are UNet-only.
         branches: list of dicts ``dict(name, prompt=None, timestep=None, denoising_from=None,
             loras=[dict(path, scale)], controlnets=[dict(path, condition='canny', scale=1.0,
-            condition_cfg={})], ip_adapters=[dict(path, image_encoder, scale=1.0)])``; a branch's own
+            condition_cfg={}, mode=None)], ip_adapters=[dict(path, image_encoder, scale=1.0)])`` (``mode``: a
+            union ControlNet's control type); a branch's own
             ``timestep`` (multi-timestep ensembles) still shares the batched UNet call; IP-Adapters
             take the input image as their image prompt (:mod:`.ip_adapter`).
         prompt: default prompt of every branch without its own.
