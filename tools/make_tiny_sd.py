@@ -26,7 +26,8 @@ def main() -> None:
     if args.dit:
         make_tiny_dit(args.out, overwrite=args.overwrite)
         print(f'tiny DiT weights in {out}: sd3/, sd3-controlnet/, sd3-lora/{{a,b}}.safetensors, pixart-sigma/, '
-              'pixart-alpha/')
+              'pixart-alpha/, flux/, flux-schnell/, flux-controlnet{,-union,-xlabs}/, '
+              'flux-lora/{a,b,kohya,xlabs}.safetensors')
 
 
 if __name__ == '__main__':
