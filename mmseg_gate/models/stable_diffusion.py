@@ -189,7 +189,8 @@ class FrozenStableDiffusion(nn.Module):
         self.hub_kwargs, self.load_kwargs = hub_kwargs, dict(dtype=dtype, **hub_kwargs)
         self.guidance, self.quantization = guidance, quantization
         self._denoiser_config = None
-        family.check_options(self.denoiser_config(), guidance)
+        if guidance is not None:  # the only option checked against the denoiser's config: no read otherwise
+            family.check_options(self.denoiser_config(), guidance)
         # text first: prompts are encoded and the encoders released before the large models load,
         # which keeps the build's peak memory at what the forward needs
         self.text_encoders = nn.ModuleDict()

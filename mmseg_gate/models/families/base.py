@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
 
+from ..flow_matching import flow_noise
+
 
 @dataclass
 class TextCondition:
@@ -192,7 +194,10 @@ class DenoiserFamily:
 
     # ------------------------------------------------------------------ noise
     def noise_scheduler(self, pretrained: str, **hub_kwargs):
-        """The scheduler whose noising (and timestep meaning) the features use."""
+        """The scheduler whose noising (and timestep meaning) the features use: flow matching's, or DDPM's."""
+        if self.flow_matching:
+            from diffusers import FlowMatchEulerDiscreteScheduler
+            return FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder='scheduler', **hub_kwargs)
         from diffusers import DDPMScheduler
         # add_noise only needs the betas; DDPM's formula is shared by SD's PNDM/DDIM/Euler configs
         return DDPMScheduler.from_pretrained(pretrained, subfolder='scheduler', **hub_kwargs)
@@ -207,8 +212,11 @@ class DenoiserFamily:
         return level
 
     def add_noise(self, scheduler, latents: torch.Tensor, noise: torch.Tensor, level) -> torch.Tensor:
-        """DDPM's ``scheduler.add_noise`` at timestep ``level``, computed in float32 (diffusers computes
-        sqrt(alpha_bar_t) in the latents' dtype: in bf16 alpha_bar_50 = 0.9516 becomes 0.9531)."""
+        """Flow matching: ``(1 - sigma) x + sigma n`` at sigma ``level``; DDPM: ``scheduler.add_noise`` at timestep
+        ``level``. Both in float32 (diffusers computes sqrt(alpha_bar_t) in the latents' dtype: in bf16
+        alpha_bar_50 = 0.9516 becomes 0.9531)."""
+        if self.flow_matching:
+            return flow_noise(latents, noise, float(level))
         t = torch.full((latents.shape[0],), level, dtype=torch.long, device=latents.device)
         return scheduler.add_noise(latents.float(), noise.float(), t)
 

@@ -18,5 +18,14 @@ class DiTFamily(DenoiserFamily):
     def latent_multiple(self, denoiser: nn.Module) -> int:
         return int(denoiser.config.patch_size)
 
+    def select_with_residuals(self, residual: dict):
+        """``select(module, output)``: a tapped block's image tokens *plus its ControlNet residual*
+        (``residual``: block id -> tensor), what the next block receives (diffusers adds the residual after the
+        block, so a plain hook misses it)."""
+        def select(module, output):
+            out = self.image_output(module, output)
+            return out + residual[id(module)] if id(module) in residual else out
+        return select
+
 
 __all__ = ['DiTFamily']

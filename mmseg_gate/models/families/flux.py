@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..flow_matching import AUTHORS_STEPS, flow_noise, img2img_sigma
+from ..flow_matching import AUTHORS_STEPS, img2img_sigma
 from .base import TextCondition, token_ids
 from .dit import DiTFamily
 
@@ -193,12 +193,7 @@ class FluxFamily(DiTFamily):
         if down is None:
             return self.image_output
         blocks = [*denoiser.transformer_blocks, *denoiser.single_transformer_blocks]
-        residual = {id(b): r for b, r in zip(blocks, down) if r is not None}
-
-        def select(module, output):
-            out = self.image_output(module, output)
-            return out + residual[id(module)] if id(module) in residual else out
-        return select
+        return self.select_with_residuals({id(b): r for b, r in zip(blocks, down) if r is not None})
 
     # ------------------------------------------------------------------ LoRA
     def read_lora(self, path: str, unet_config=None) -> tuple[dict, dict | None, dict | None]:
@@ -209,10 +204,6 @@ class FluxFamily(DiTFamily):
                                                         adapter_name=adapter_name, metadata=metadata)
 
     # ------------------------------------------------------------------ noise
-    def noise_scheduler(self, pretrained: str, **hub_kwargs):
-        from diffusers import FlowMatchEulerDiscreteScheduler
-        return FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder='scheduler', **hub_kwargs)
-
     def noise_level(self, scheduler, timestep: int, seq_len: int | None = None) -> float:
         """The authors' mapping through ``FluxImg2ImgPipeline``'s schedule (sigmas linspace(1, 1/28, 28), shifted
         by the image's ``mu``), strength ``t / 1000``, first step."""
@@ -221,9 +212,6 @@ class FluxFamily(DiTFamily):
 
     def model_timestep(self, level) -> float:
         return float(level)  # the pipeline passes timestep / 1000 = sigma; the transformer multiplies by 1000
-
-    def add_noise(self, scheduler, latents: torch.Tensor, noise: torch.Tensor, level) -> torch.Tensor:
-        return flow_noise(latents, noise, float(level))
 
     # ------------------------------------------------------------------ AdaLN
     def block_modulation(self, block: nn.Module, tokens: torch.Tensor, block_kwargs: dict) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..flow_matching import flow_noise, img2img_sigma
+from ..flow_matching import img2img_sigma
 from .base import TextCondition, token_ids
 from .dit import DiTFamily
 
@@ -114,12 +114,8 @@ class StableDiffusion3Family(DiTFamily):
             return self.image_output
         blocks = list(denoiser.transformer_blocks)
         interval = len(blocks) / len(down)
-        residual = {id(b): down[int(i / interval)] for i, b in enumerate(blocks) if b.context_pre_only is False}
-
-        def select(module, output):
-            out = self.image_output(module, output)
-            return out + residual[id(module)] if id(module) in residual else out
-        return select
+        return self.select_with_residuals(
+            {id(b): down[int(i / interval)] for i, b in enumerate(blocks) if b.context_pre_only is False})
 
     # ------------------------------------------------------------------ LoRA
     def read_lora(self, path: str, unet_config=None) -> tuple[dict, dict | None, dict | None]:
@@ -127,19 +123,12 @@ class StableDiffusion3Family(DiTFamily):
         return state_dict, None, metadata  # no network alphas: they are in the file's metadata
 
     # ------------------------------------------------------------------ noise
-    def noise_scheduler(self, pretrained: str, **hub_kwargs):
-        from diffusers import FlowMatchEulerDiscreteScheduler
-        return FlowMatchEulerDiscreteScheduler.from_pretrained(pretrained, subfolder='scheduler', **hub_kwargs)
-
     def noise_level(self, scheduler, timestep: int, seq_len: int | None = None) -> float:
         """The authors' mapping: img2img at strength ``t / 1000``, first step of the 28-step schedule."""
         return img2img_sigma(scheduler.config, timestep, seq_len)
 
     def model_timestep(self, level) -> float:
         return float(level) * 1000.0  # the scheduler's timesteps are sigma * 1000, as the pipeline passes
-
-    def add_noise(self, scheduler, latents: torch.Tensor, noise: torch.Tensor, level) -> torch.Tensor:
-        return flow_noise(latents, noise, float(level))
 
     # ------------------------------------------------------------------ AdaLN
     def block_modulation(self, block: nn.Module, tokens: torch.Tensor, block_kwargs: dict) -> torch.Tensor:
