@@ -146,7 +146,7 @@ class DDPMSegmentationDataset(BaseSegDataset):
                 raise FileNotFoundError(f'label map {label} missing for {img} (the published layout has one .npy '
                                         'per image)')
             out.append(dict(img_path=img, seg_map_path=label, label_map=self.label_map,
-                            reduce_zero_label=False, seg_fields=[]))
+                            reduce_zero_label=False, seg_fields=[], num_classes=len(self.metainfo['classes'])))
         return out
 
 
@@ -165,9 +165,35 @@ FFHQ34Dataset = _category_dataset('FFHQ34Dataset', 'ffhq_34')
 ADEBedroom30Dataset = _category_dataset('ADEBedroom30Dataset', 'ade_bedroom_30')
 
 
+def check_label_values(label: np.ndarray, path: str, num_classes: int | None, ignore_index: int) -> None:
+    """Refuse class ids outside ``[0, num_classes)`` (``None``: the uint8 range the map is stored in) other
+    than ``ignore_index``, and non-integer values, before any cast: a cast to uint8 turns 260 into 4 silently,
+    and an id >= num_classes only fails in the loss, without the file's name."""
+    if label.dtype == np.bool_:
+        return
+    if not np.issubdtype(label.dtype, np.integer):
+        if not np.issubdtype(label.dtype, np.floating):
+            raise ValueError(f'{path}: a label map holds class indices, got dtype {label.dtype}')
+        fraction = label[np.isfinite(label) & (label != np.round(label))]
+        if (~np.isfinite(label)).any() or fraction.size:
+            raise ValueError(f'{path}: a label map holds class indices, got non-integer values '
+                             f'{np.unique(fraction)[:5].tolist() or "nan/inf"} (dtype {label.dtype})')
+    top = 256 if num_classes is None else int(num_classes)
+    values, counts = np.unique(label, return_counts=True)
+    bad = (values < 0) | (values >= top)
+    bad &= values != ignore_index
+    if bad.any():
+        offending = ', '.join(f'{v} ({c} pixels)' for v, c in zip(values[bad][:10].tolist(), counts[bad][:10]))
+        more = f' and {int(bad.sum()) - 10} more' if bad.sum() > 10 else ''
+        within = f'the set has {top} classes' if num_classes is not None else 'label maps are uint8'
+        raise ValueError(f'{path}: class ids {offending}{more} outside [0, {top}) ({within}; {ignore_index} = '
+                         'ignore): fix the label map, or the category/num_classes it is read with')
+
+
 @TRANSFORMS.register_module()
 class LoadNpyAnnotations(BaseTransform):
-    """Loads ``results['seg_map_path']`` (a ``.npy`` label map) as ``gt_seg_map`` (uint8).
+    """Loads ``results['seg_map_path']`` (a ``.npy`` label map) as ``gt_seg_map`` (uint8), refusing class ids
+    outside ``[0, num_classes)`` other than ``ignore_index`` (naming the file and the values).
 
     Args:
         label_size: ``(h, w)`` to resize the label to (nearest, as the authors' ``cv2.INTER_NEAREST`` to 256);
@@ -175,18 +201,29 @@ class LoadNpyAnnotations(BaseTransform):
             ``None`` keeps the file's size.
         min_region_pixels: a class covering fewer pixels than this in an image becomes ``ignore_index``
             (the authors delete annotations under 20 pixels from the training images; 0 keeps all).
-        ignore_index: the value of unlabelled pixels.
+        ignore_index: the value of unlabelled pixels (0..255: the maps are uint8, as mmseg's).
+        num_classes: the valid ids are ``[0, num_classes)``; ``None``: the dataset's (``results['num_classes']``,
+            which :class:`DDPMSegmentationDataset` sets), else only the uint8 range is checked.
     """
 
     def __init__(self, label_size: tuple[int, int] | None = None, min_region_pixels: int = 0,
-                 ignore_index: int = 255) -> None:
+                 ignore_index: int = 255, num_classes: int | None = None) -> None:
+        if not 0 <= ignore_index <= 255:
+            raise ValueError(f'ignore_index={ignore_index}: label maps are uint8, use a value in 0..255 (255)')
+        if num_classes is not None and not 0 < num_classes <= 255:
+            raise ValueError(f'num_classes={num_classes}: uint8 label maps hold 1..255 classes')
         self.label_size = tuple(label_size) if label_size is not None else None
         self.min_region_pixels, self.ignore_index = int(min_region_pixels), ignore_index
+        self.num_classes = num_classes
 
     def transform(self, results: dict) -> dict:
-        label = np.load(results['seg_map_path']).astype(np.uint8)
+        path = results['seg_map_path']
+        label = np.load(path, allow_pickle=False)
         if label.ndim != 2:
-            raise ValueError(f"{results['seg_map_path']}: a label map is [H, W], got shape {label.shape}")
+            raise ValueError(f'{path}: a label map is [H, W], got shape {label.shape}')
+        num_classes = self.num_classes if self.num_classes is not None else results.get('num_classes')
+        check_label_values(label, path, num_classes, self.ignore_index)
+        label = label.astype(np.uint8)
         if self.label_size is not None and label.shape != self.label_size:
             label = cv2.resize(label, self.label_size[::-1], interpolation=cv2.INTER_NEAREST)
         if self.min_region_pixels:
@@ -202,4 +239,4 @@ class LoadNpyAnnotations(BaseTransform):
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(label_size={self.label_size}, '
-                f'min_region_pixels={self.min_region_pixels})')
+                f'min_region_pixels={self.min_region_pixels}, num_classes={self.num_classes})')
