@@ -11,7 +11,10 @@ it loads.
 from __future__ import annotations
 
 import collections
+import os
 import os.path as osp
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +40,37 @@ def load_runner_checkpoint(filename: str, map_location: Any = None) -> dict:
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
     with torch.serialization.safe_globals(runner_checkpoint_globals()):
-        return torch.load(filename, map_location=map_location, weights_only=True)
+        try:
+            return torch.load(filename, map_location=map_location, weights_only=True)
+        except (RuntimeError, OSError, EOFError) as e:  # torch names neither the file nor the cause
+            reason = unreadable_reason(filename)
+            if reason is None:
+                raise
+            raise RuntimeError(f'checkpoint {filename} cannot be read: {reason}. A kill or a full disk while it was '
+                               'written? --resume skips it for the newest readable checkpoint of the work dir; with '
+                               'load_from, name another file.') from e
+
+
+def unreadable_reason(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a complete checkpoint (``None`` when it is): a folder (deepspeed) passes; a torch zip
+    archive must have its central directory and every record's CRC right, which a cut-short file has not."""
+    path = Path(path)
+    if path.is_dir():
+        return None
+    if not path.is_file():
+        return 'it does not exist'
+    if path.stat().st_size == 0:
+        return 'it is empty'
+    with open(path, 'rb') as f:
+        legacy = f.read(1) == b'\x80'
+    if legacy and not zipfile.is_zipfile(path):
+        return None  # torch's legacy (pre-1.6) pickle format: no archive to check
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f'it is cut short or not a checkpoint ({e})'
+    return None if bad is None else f'its record {bad} is corrupt'
 
 
 def allow_mmengine_checkpoints() -> None:

@@ -50,7 +50,7 @@ max_iters = 500
 optim_wrapper = dict(optimizer=dict(lr=2e-3))  # a higher rate than the paper's: tiny model, few steps
 param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=max_iters, by_epoch=False)]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=max_iters, max_keep_ckpts=1))
+default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=max_iters, max_keep_ckpts=2))
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))  # gloo: DDP works on CPUs too
 randomness = dict(seed=0)
 auto_scale_lr = dict(base_batch_size=4)  # this config's batch: the demo's rate is not scaled

@@ -78,6 +78,6 @@ param_scheduler = []
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1),
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=2),
                      logger=dict(type='LoggerHook', interval=100, log_metric_by_epoch=False))
 randomness = dict(seed=split_seed)

@@ -7,8 +7,10 @@ from typing import Any
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
+import torch
 from torch import nn
 
+from ..utils.finite import NonFiniteError, check_finite_images
 from ..utils.mmcv_ops import check_mmcv_cuda_ops
 
 
@@ -103,6 +105,27 @@ class GATECheckHook(Hook):
         if self.random_state:
             from .random_state import ensure_random_state_hook
             ensure_random_state_hook(runner)
+        from .checkpointing import choose_resume_checkpoint, make_checkpoints_atomic
+        make_checkpoints_atomic(runner)
+        choose_resume_checkpoint(runner)  # before the runner's load_or_resume: skip unreadable checkpoints
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        """Refuse images with NaN/inf pixels before they reach the model, naming their files."""
+        if isinstance(data_batch, dict) and data_batch.get('inputs') is not None:
+            check_finite_images(data_batch['inputs'], _batch_files(data_batch),
+                                where=f'training iteration {runner.iter + 1}')
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        """Stop at a non-finite loss before this step's weights reach a checkpoint (CheckpointHook runs later)."""
+        bad = {k: float(v) for k, v in (outputs or {}).items()
+               if 'loss' in k and torch.is_tensor(v) and not bool(torch.isfinite(v).all())}
+        if bad:
+            files = [f for f in _batch_files(data_batch or {}) if f]
+            raise NonFiniteError(
+                f'training iteration {runner.iter + 1}: non-finite loss {bad}'
+                + (f' on {", ".join(files)}' if files else '') + '. The weights of this step are not checkpointed; '
+                'the last checkpoint is intact (--resume). Lower the learning rate, use AmpOptimWrapper\'s dynamic '
+                'loss scale with --amp, or check those images and labels.')
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         backbone = _gate_backbone(runner.model)
@@ -120,6 +143,10 @@ class GATECheckHook(Hook):
             import logging
             print_log('The checkpoint was trained on other frozen weights than this model was built from; its '
                       'trained parts may not fit them:\n  ' + '\n  '.join(diffs), 'current', logging.WARNING)
+
+
+def _batch_files(data_batch: dict) -> list:
+    return [getattr(s, 'img_path', None) for s in data_batch.get('data_samples') or []]
 
 
 def check_data_roots(cfg) -> None:

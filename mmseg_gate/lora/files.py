@@ -55,9 +55,11 @@ def save_lora(path: str | Path, layers: dict[str, dict[str, tuple[torch.Tensor, 
             {n: int(d.shape[0]) for n, (d, _, _) in named.items()}, {n: float(a) for n, (_, _, a) in named.items()})
     if not kwargs:
         raise ValueError('no LoRA layers to write')
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pipeline.save_lora_weights(str(path.parent), weight_name=path.name, safe_serialization=True, **kwargs)
+    from ..utils.atomic import atomic_path
+    with atomic_path(path) as partial:  # written whole or not at all: a kill mid-write keeps the previous file
+        pipeline.save_lora_weights(str(path.parent), weight_name=Path(partial).name, safe_serialization=True,
+                                   **kwargs)
     return path
 
 
-__all__ = ['lora_config_dict', 'save_lora']
+__all__ = ['DENOISER_KINDS', 'lora_config_dict', 'save_lora', 'lora_file_keys', 'lora_key_kinds']

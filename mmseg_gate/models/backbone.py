@@ -9,6 +9,7 @@ import torch
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
+from ..utils.finite import check_finite_images
 from ..utils.memory import HeapTrimPolicy
 from ..utils.timing import no_timer
 from .amalgamation import Amalgamation
@@ -352,6 +353,7 @@ class GATEDiffusionBackbone(BaseModule):
         Runs without gradients and outside any autocast region (``--amp``): the frozen parts compute
         in their own dtype, whatever the trainable parts use.
         """
+        check_finite_images(img)  # a NaN pixel would reach every branch and, through BatchNorm, the whole batch
         with torch.no_grad(), torch.autocast(img.device.type, enabled=False):
             try:
                 return self._extract(img)

@@ -21,7 +21,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.tmp-', dir=folder)
+    # same suffix as the real name: writers that check it (save_lora_weights, safetensors) accept the temporary
+    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.tmp-', suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     try:
         yield tmp
