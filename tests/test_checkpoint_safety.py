@@ -82,6 +82,7 @@ def test_save_cut_short_keeps_the_previous_checkpoint(tmp_path, monkeypatch, hoo
     assert not (tmp_path / 'iter_4.pth').exists()  # the half-written file never had the real name
     resumed = run(tmp_path, resume=True)
     assert resumed.iter == 6 and 'resumed epoch: 0, iter: 2' in log_of(resumed)
+    assert not list(tmp_path.glob('.*.partial'))  # the killed save's leftover is gone
     assert load_runner_checkpoint(str(tmp_path / 'iter_6.pth'))['meta']['iter'] == 6
 
 

@@ -37,6 +37,13 @@ class AtomicCheckpointHook(CheckpointHook):
     Checkpoints on remote backends (``backend_args``) are saved as mmengine does.
     """
 
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if is_main_process() and isinstance(self.file_backend, LocalBackend) and osp.isdir(self.out_dir):
+            for name in os.listdir(self.out_dir):  # what a save killed mid-write left
+                if name.startswith('.') and name.endswith('.pth.partial'):
+                    os.remove(osp.join(self.out_dir, name))
+
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
         if not isinstance(self.file_backend, LocalBackend):
             return super()._save_checkpoint_with_step(runner, step, meta)
