@@ -1,6 +1,10 @@
 """Extract a config's frozen backbone features once per image into a feature cache (docs/label_scarce.md).
 
     python tools/cache_features.py configs/label_scarce/gate_sd15_horse21_cached.py   # --out: its cache_root
+
+Each image is recorded as soon as its features are written: a re-run after a kill resumes after the last one,
+and extracts again any entry whose file cannot be read. A cache of other settings or other model/LoRA files is
+refused naming what differs; --overwrite starts afresh (also over a damaged meta.json or index.json).
 """
 import argparse
 
@@ -18,7 +22,8 @@ def main() -> None:
     parser.add_argument('--dtype', choices=['float16', 'float32'], default='float16',
                         help='stored precision (default: %(default)s; float32: bit-exact)')
     parser.add_argument('--device', help='default: cuda if available, else cpu')
-    parser.add_argument('--overwrite', action='store_true', help='replace a cache of another config')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='start afresh: replace a cache of other settings or files, or a damaged one')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config values')
     args = parser.parse_args()
     cfg = Config.fromfile(args.config)

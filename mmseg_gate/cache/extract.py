@@ -22,8 +22,11 @@ def write_feature_cache(cfg: Config, out: str, splits=('train', 'val', 'test'), 
 
     The images go through ``cfg.cache_pipeline`` (image only, no augmentation: what the live test pipeline
     does to them) and ``cfg.cache_preprocessor`` (default ``cfg.model.data_preprocessor``); the backbone
-    (``cfg.model.backbone``, live or cached config alike) runs in eval mode. Images already cached
-    (same config) are skipped, so an interrupted run resumes. Returns a summary (images, bytes, seconds).
+    (``cfg.model.backbone``, live or cached config alike) runs in eval mode. Each image is recorded as soon as
+    its file is written, and images already cached (same config and files, file readable) are skipped: an
+    interrupted run resumes after its last image, and an unreadable entry is extracted again. A cache of other
+    settings or files is refused naming them, unless ``overwrite``. Returns a summary (images extracted,
+    skipped, total, MiB per image, seconds).
     """
     if 'cache_pipeline' not in cfg:
         raise KeyError('the config has no cache_pipeline: the image-only pipeline features are extracted with '
@@ -56,7 +59,7 @@ def write_feature_cache(cfg: Config, out: str, splits=('train', 'val', 'test'), 
                 levels=[dict(channels=c, stride=s) for c, s in zip(_raw_channels(backbone), backbone.strides)],
                 branches=[s.name for s in backbone.specs])
     writer = FeatureCacheWriter(out, meta, DTYPES[dtype], overwrite)
-    done, nbytes, start = 0, 0, time.perf_counter()
+    done, skipped, nbytes, start = 0, 0, 0, time.perf_counter()
     for split in splits:
         loader = cfg.get(f'{split}_dataloader')
         if not loader:
@@ -67,6 +70,7 @@ def write_feature_cache(cfg: Config, out: str, splits=('train', 'val', 'test'), 
         for i in range(len(dataset)):
             path = dataset.get_data_info(i)['img_path']
             if path in writer:
+                skipped += 1
                 continue
             batch = preprocessor(pseudo_collate([dataset[i]]), False)
             levels = backbone.extract(batch['inputs'])
@@ -75,11 +79,11 @@ def write_feature_cache(cfg: Config, out: str, splits=('train', 'val', 'test'), 
             nbytes += sum(lv[0].numel() * len(lv) for lv in levels) * DTYPES[dtype].itemsize
             done += 1
             if done % 50 == 0:
-                writer.flush()
                 print_log(f'cached {done} images ({nbytes / done / 2**20:.2f} MiB each)', logger='current')
     writer.flush()
     secs = time.perf_counter() - start
-    summary = dict(images=done, total=len(writer.index), mib_per_image=nbytes / max(done, 1) / 2**20, seconds=secs)
+    summary = dict(images=done, skipped=skipped, total=len(writer.index),
+                   mib_per_image=nbytes / max(done, 1) / 2**20, seconds=secs)
     print_log(f'feature cache {out}: {summary}', logger='current')
     return summary
 
