@@ -8,9 +8,58 @@ model (``rank_pattern`` / ``alpha_pattern`` for the layers that differ from the 
 from __future__ import annotations
 
 import collections
+import re
 from pathlib import Path
 
 import torch
+
+#: denoiser kinds of LoRA keys (what :func:`lora_key_kinds` tells apart) and how messages name them
+DENOISER_KINDS = {'unet': 'SD1.x/2.x/SDXL (a UNet)', 'sd3': 'SD3', 'flux': 'FLUX',
+                  'transformer': 'SD3 or FLUX (a diffusion transformer)'}
+_WRAP = r'(?:lora_unet_|transformer\.|(?:model\.)?diffusion_model\.)?'
+#: (key pattern, kind), first match wins: diffusers/peft, kohya (lora_unet_, lora_te*_), XLabs and BFL/SGM names;
+#: 'transformer' (diffusers' transformer_blocks: SD3 or FLUX) and 'denoiser' (kohya's other lora_unet_ layers) are
+#: settled by the file's other keys
+_KEY_KINDS = tuple((re.compile(pattern), kind) for pattern, kind in (
+    (_WRAP + r'(?:double_blocks|single_blocks|single_transformer_blocks)[._]', 'flux'),
+    (_WRAP + r'joint_blocks[._]', 'sd3'),
+    (r'unet\.|(?:lora_unet_|(?:model\.)?(?:diffusion_model\.)?)'
+     r'(?:down_blocks|up_blocks|mid_block|input_blocks|output_blocks|middle_block)[._]', 'unet'),
+    (r'transformer\.|transformer_blocks\.', 'transformer'),
+    (r'lora_unet_', 'denoiser'),
+    (r'text_encoder_2\.|lora_te2_', 'text_encoder_2'),
+    (r'text_encoder_3\.|lora_te3_', 'text_encoder_3'),
+    (r'text_encoder\.|lora_te1?_', 'text_encoder'),
+))
+
+
+def lora_file_keys(path: str | Path) -> list[str]:
+    """The tensor names of a LoRA file, without loading its tensors (``[]`` if it cannot be read: the LoRA
+    loaders then say why)."""
+    path = Path(path)
+    try:
+        if path.suffix == '.safetensors':
+            from safetensors import safe_open
+            with safe_open(str(path), framework='pt') as f:
+                return list(f.keys())
+        return list(torch.load(str(path), map_location='cpu', weights_only=True, mmap=True))
+    except Exception:  # noqa: BLE001 (any unreadable file: left to the loaders' own messages)
+        return []
+
+
+def lora_key_kinds(keys) -> dict[str | None, list[str]]:
+    """The keys of a LoRA file by the model they are for: a :data:`DENOISER_KINDS` kind, a text encoder
+    attribute (``text_encoder``, ``text_encoder_2``, ``text_encoder_3``) or ``None`` (unknown)."""
+    kinds = {key: next((kind for pattern, kind in _KEY_KINDS if pattern.match(key)), None) for key in keys}
+    definite = {k for k in kinds.values() if k in ('unet', 'sd3', 'flux')}
+    dits = definite & {'sd3', 'flux'}
+    settle = {'transformer': dits.pop() if len(dits) == 1 else 'transformer',
+              'denoiser': next(iter(definite)) if len(definite) == 1
+              else 'transformer' if 'transformer' in kinds.values() else 'unet'}
+    out: dict[str | None, list[str]] = {}
+    for key, kind in kinds.items():
+        out.setdefault(settle.get(kind, kind), []).append(key)
+    return out
 
 
 def lora_config_dict(ranks: dict[str, int], alphas: dict[str, float]) -> dict:

@@ -7,6 +7,7 @@ path by the backbone.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Sequence
 from mmengine.logging import print_log
 from torch import nn
 
+from ..lora.files import DENOISER_KINDS, lora_file_keys, lora_key_kinds
 from ..utils.files import file_sha256
 from .conditions import CONDITIONS
 from .families import FAMILIES, DenoiserFamily
@@ -120,19 +122,13 @@ def load_lora_adapter(model: nn.Module, path: str, adapter_name: str, target: st
     is missing, holds no Stable Diffusion LoRA layers at all, or names layers ``model`` does not have
     (a LoRA for another base model).
     """
-    pipeline = family.lora_pipeline()
-    if not hasattr(pipeline, 'lora_state_dict'):
-        raise ValueError(f'LoRA {path!r}: diffusers has no LoRA loader for the {family.name} family '
-                         f'({pipeline.__name__}, {family.denoiser_class}): remove the branch\'s loras')
+    pipeline = _lora_pipeline(family, path)
     targets = (family.denoiser, *family.lora_text_encoders)
     if target in family.text_encoders and target not in targets:
         return False  # the family's LoRA files never carry this encoder (SD3's T5)
     if target not in targets:
         raise ValueError(f'target={target!r}: use one of {targets}')
-    if not Path(os.path.expanduser(path)).is_file():
-        raise FileNotFoundError(f'LoRA file {path!r} not found: check the path in the branch config '
-                                '(e.g. --cfg-options lora_a=...)')
-    state_dict, alphas, metadata = family.read_lora(os.path.expanduser(path), unet_config)
+    state_dict, alphas, metadata = family.read_lora(_lora_file(path), unet_config)
     down = {p: {k for k in state_dict if k.startswith(p + '.') and ('lora_A' in k or '.down.' in k)}
             for p in targets}
     if not any(down.values()):
@@ -160,6 +156,52 @@ def load_lora_adapter(model: nn.Module, path: str, adapter_name: str, target: st
     return True
 
 
+def _lora_pipeline(family: DenoiserFamily, path: str):
+    """The family's pipeline class with LoRA loaders; fails for families diffusers has none for."""
+    pipeline = family.lora_pipeline()
+    if not hasattr(pipeline, 'lora_state_dict'):
+        raise ValueError(f'LoRA {path!r}: diffusers has no LoRA loader for the {family.name} family '
+                         f'({pipeline.__name__}, {family.denoiser_class}): remove the branch\'s loras')
+    return pipeline
+
+
+def _lora_file(path: str) -> str:
+    """``path`` with ``~`` expanded; fails when no such file exists."""
+    if not Path(os.path.expanduser(path)).is_file():
+        raise FileNotFoundError(f'LoRA file {path!r} not found: check the path in the branch config '
+                                '(e.g. --cfg-options lora_a=...)')
+    return os.path.expanduser(path)
+
+
+def _some(keys: list[str]) -> str:
+    """``'24 tensors (e.g. 'transformer.transformer_blocks.0.attn.to_k.lora_A.weight')'``: a weight, not an alpha."""
+    return f"{len(keys)} tensors (e.g. {next((k for k in keys if not k.endswith('alpha')), keys[0])!r})"
+
+
+def check_lora_family(path: str, family: DenoiserFamily) -> None:
+    """Refuse a LoRA file whose denoiser keys are all another family's, before any of its layers load (its
+    text-encoder layers would apply and its denoiser layers be dropped without a word); warn when only part
+    of its tensors are for this model, with how many are not (they are ignored)."""
+    _lora_pipeline(family, path)
+    kinds = lora_key_kinds(lora_file_keys(_lora_file(path)))
+    own = [k for kind in family.lora_kinds for k in kinds.get(kind, ())]
+    foreign = {kind: keys for kind, keys in kinds.items() if kind in DENOISER_KINDS and kind not in family.lora_kinds}
+    takes = DENOISER_KINDS[family.lora_kinds[0]]
+    if foreign and not own:
+        raise ValueError(f'LoRA file {path!r} is a LoRA for another family: '
+                         + '; '.join(f'{_some(keys)} for {DENOISER_KINDS[kind]}' for kind, keys in foreign.items())
+                         + f', none for this {family.name} {family.denoiser}, which takes LoRAs for {takes}: use a '
+                         'LoRA trained for this base model')
+    used = (*family.lora_kinds, *family.lora_text_encoders)
+    matched = len(own) + sum(len(kinds.get(t, ())) for t in family.lora_text_encoders)
+    ignored = {kind: keys for kind, keys in kinds.items() if kind not in used}
+    if matched and ignored:
+        print_log(f'LoRA file {path!r}: {matched} of its {matched + sum(map(len, ignored.values()))} tensors are for '
+                  f'this {family.name} model ({", ".join(used)}); not matched, ignored: '
+                  + '; '.join(f'{_some(keys)} for ' + (DENOISER_KINDS.get(kind, kind) if kind else 'unknown layers')
+                              for kind, keys in ignored.items()), 'current', level=logging.WARNING)
+
+
 class AdapterRegistry:
     """Every distinct LoRA file of the branches once, as a named peft adapter of each model it has
     layers for (UNet, text encoders), and per branch the adapters to switch on."""
@@ -174,6 +216,8 @@ class AdapterRegistry:
         """Load the branches' LoRA files into ``model`` (the ``target`` of the SD stack)."""
         for spec in self.specs:
             for lora in spec.loras:
+                if lora.path not in self.names:  # first sight: before any of its layers load
+                    check_lora_family(lora.path, self.family)
                 name = adapter_name_for(lora.path, self.names)
                 targets = self.targets.setdefault(name, {})
                 if target not in targets:  # the file is read once per target: the text-encoder passes
@@ -227,5 +271,5 @@ def adapter_name_for(path: str, taken: dict[str, str]) -> str:
     return name
 
 
-__all__ = ['LoraSpec', 'ControlNetSpec', 'BranchSpec', 'parse_branches', 'load_lora_adapter', 'AdapterRegistry',
-           'adapter_name_for']
+__all__ = ['LoraSpec', 'ControlNetSpec', 'BranchSpec', 'parse_branches', 'load_lora_adapter', 'check_lora_family',
+           'AdapterRegistry', 'adapter_name_for']

@@ -14,7 +14,7 @@ from torch import nn
 
 from .branches import BranchSpec
 from .conditions import build_condition
-from .families import TextCondition
+from .families import FAMILIES, DenoiserFamily, TextCondition
 from .stable_diffusion import FrozenStableDiffusion, check_weights_location, from_pretrained_or_explain
 
 
@@ -38,6 +38,7 @@ def load_controlnets(sd: FrozenStableDiffusion, specs: Sequence[BranchSpec], dty
     quantized = {} if sd.quantization is None else dict(quantization_config=sd.quantization)
     for path, key in index.items():
         check_weights_location(path, 'ControlNet')
+        check_controlnet_class(sd.family, path, hub_kwargs)
         net = from_pretrained_or_explain(sd.family.controlnet_model_class().from_pretrained, path, 'ControlNet',
                                          dtype=dtype, **quantized, **hub_kwargs)
         sd.family.prepare_controlnet(net, sd.denoiser, path)
@@ -45,6 +46,21 @@ def load_controlnets(sd: FrozenStableDiffusion, specs: Sequence[BranchSpec], dty
             sd.family.check_control_mode(net, c.mode, path)
         sd.controlnets[key] = net.requires_grad_(False).eval()
     return index
+
+
+def check_controlnet_class(family: DenoiserFamily, path: str, hub_kwargs: dict) -> None:
+    """Refuse a ControlNet folder of another family before its weights load: its ``config.json``'s
+    ``_class_name`` must be the family's ControlNet class (loading another family's net fails later, or not
+    at all, with a shape or arithmetic error that names no path)."""
+    cls = family.controlnet_model_class()
+    config = from_pretrained_or_explain(cls.load_config, path, 'ControlNet', **hub_kwargs)
+    found = config.get('_class_name')
+    if found is None or found == family.controlnet_class:
+        return
+    owners = sorted(f.name for f in FAMILIES.values() if f.controlnet_class == found)
+    made_for = f", a ControlNet for the {'/'.join(owners)} famil{'ies' if len(owners) > 1 else 'y'}" if owners else ''
+    raise ValueError(f"ControlNet {path!r} is a {found} (its config.json's _class_name{made_for}); the {family.name} "
+                     f'family takes {family.controlnet_class} folders: use a ControlNet made for this base model')
 
 
 def controlnet_residuals(sd: FrozenStableDiffusion, index: dict[str, str], specs: Sequence[BranchSpec],
@@ -151,5 +167,5 @@ def batch_residuals(residuals: list[tuple]) -> tuple:
     return down, mid
 
 
-__all__ = ['BranchInput', 'load_controlnets', 'controlnet_residuals', 'per_distinct', 'take_residuals',
-           'batch_residuals']
+__all__ = ['BranchInput', 'load_controlnets', 'check_controlnet_class', 'controlnet_residuals', 'per_distinct',
+           'take_residuals', 'batch_residuals']

@@ -17,6 +17,7 @@ Random weights have no massive activations: the defaults are unvalidated on real
 """
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -26,6 +27,22 @@ from torch import nn
 AUTO_RATIO = 100.0
 #: the block kwargs AdaLN modulation needs (MMDiT/FLUX: ``temb``; PixArt: ``timestep``)
 _CONDITIONING = ('temb', 'timestep')
+
+
+def check_drop_channels(drop_channels) -> None:
+    """Fail for a ``drop_channels`` that is neither ``None``, ``'auto'``, channel indices nor ``{tap: indices}``
+    (the indices are checked against each tap's channels by :meth:`TokenNormalizer.calibrate`)."""
+    if drop_channels is None or drop_channels == 'auto':
+        return
+    fix = ("give channel indices for every tap (e.g. drop_channels=[3, 17]), {tap: indices} (e.g. "
+           "{'transformer_blocks.1': [3]}), or 'auto' (the channels over 100x the tap's median magnitude)")
+    if isinstance(drop_channels, str):
+        raise ValueError(f'drop_channels={drop_channels!r}: {fix}')
+    groups = drop_channels.values() if isinstance(drop_channels, dict) else [drop_channels]
+    for group in groups:
+        if isinstance(group, (str, bytes)) or not isinstance(group, Sequence) or not all(
+                isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in group):
+            raise TypeError(f'drop_channels={drop_channels!r}: {fix}; indices are ints >= 0')
 
 
 def massive_channels(tokens: torch.Tensor, ratio: float = AUTO_RATIO) -> list[int]:
@@ -52,6 +69,9 @@ class TokenNormalizer:
         if token_norm not in (None, 'adaln'):
             raise ValueError(f"token_norm={token_norm!r}: use None or 'adaln' (LayerNorm without affine + the "
                              "block's own AdaLN modulation)")
+        check_drop_channels(drop_channels)
+        if token_norm:
+            family.check_token_norm_taps(dict(zip(names, modules)))
         self.family, self.names, self.modules, self.token_norm = family, list(names), list(modules), token_norm
         self.auto = drop_channels == 'auto'
         if drop_channels is None or self.auto:
@@ -79,9 +99,23 @@ class TokenNormalizer:
         return hook
 
     def calibrate(self, outs: Sequence[torch.Tensor]) -> None:
-        """``'auto'``: choose each tap's channels from its tokens on the calibration input."""
+        """On the build's probe outputs: ``'auto'`` chooses each tap's channels from its tokens; given indices
+        are checked against each tap's channels (a bad one would only fail at the first forward)."""
         if self.auto:
             self.drop = {n: massive_channels(t) if t.ndim == 3 else [] for n, t in zip(self.names, outs)}
+        for name, out in zip(self.names, outs):
+            self._check_indices(name, out)
+
+    def _check_indices(self, name: str, out: torch.Tensor) -> None:
+        drop = self.drop[name]
+        if not drop:
+            return
+        if out.ndim != 3:
+            raise ValueError(f'drop_channels={drop} on tap {name!r}: it gives {tuple(out.shape)}, not the [B, N, C] '
+                             "tokens of a transformer block: tap a block or leave drop_channels out for it")
+        if drop[-1] >= out.shape[-1]:
+            raise ValueError(f'drop_channels={drop} on tap {name!r}: it has {out.shape[-1]} channels: give indices in '
+                             f'0..{out.shape[-1] - 1}')
 
     def __call__(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
         """Tap ``index``'s tokens ``[B, N, C]`` as documented above (unchanged when nothing applies)."""
@@ -106,4 +140,4 @@ class TokenNormalizer:
                     auto=self.auto)
 
 
-__all__ = ['AUTO_RATIO', 'massive_channels', 'TokenNormalizer']
+__all__ = ['AUTO_RATIO', 'check_drop_channels', 'massive_channels', 'TokenNormalizer']

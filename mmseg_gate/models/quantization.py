@@ -23,8 +23,13 @@ def quantization_config(cfg):
     e.g. ``dict(type='BitsAndBytesConfig', load_in_4bit=True, bnb_4bit_quant_type='nf4',
     bnb_4bit_compute_dtype='bfloat16')`` or ``dict(type='TorchAoConfig', quant_type='Int8WeightOnlyConfig')``
     (a torchao config class by name, its kwargs in ``quant_type_kwargs``)."""
-    if cfg is None or not isinstance(cfg, dict):
+    if cfg is None or hasattr(cfg, 'quant_method'):  # diffusers' configs all have one
         return cfg
+    if not isinstance(cfg, dict):
+        raise TypeError(f"quantization={cfg!r}: give a config dict, e.g. dict(type='TorchAoConfig', "
+                        "quant_type='Int8WeightOnlyConfig') (int8 weights, CPU too) or dict(type='BitsAndBytesConfig', "
+                        f"load_in_4bit=True) (GPU), with type one of {sorted(BACKENDS)}; or a diffusers quantization "
+                        'config object; or leave it out')
     cfg = dict(cfg)
     kind = cfg.pop('type', None)
     if kind not in BACKENDS:

@@ -7,9 +7,11 @@ no flag to set.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from pathlib import Path
 
+from ..massive_activations import check_drop_channels
 from .base import DenoiserFamily, TextCondition, first_output, token_ids
 from .flux import FluxFamily
 from .pixart import PixArtAlphaFamily, PixArtSigmaFamily
@@ -64,12 +66,25 @@ def check_family_options(family: DenoiserFamily, specs, denoising_from, attentio
         raise ValueError(f'the {family.name} family does not support ' + '; '.join(unet_only)
                          + ': remove it from the backbone config')
     if sigma is not None and not family.flow_matching:
-        raise ValueError(f'sigma={sigma} is for flow-matching families (sd3, flux); the {family.name} family is noised '
-                         'by timestep: give timestep= instead')
-    if sigma is not None and not 0 <= sigma <= 1:
-        raise ValueError(f'sigma={sigma}: a flow-matching noise level lies in [0, 1]')
+        raise ValueError(f'sigma={sigma!r} is for flow-matching families (sd3, flux); the {family.name} family is '
+                         'noised by timestep: give timestep= instead')
+    check_sigma(sigma)
+    check_drop_channels(drop_channels)
+
+
+def check_sigma(sigma) -> None:
+    """``sigma`` is one number in (0, 1] (every branch's flow-matching noise level) or ``None``."""
+    if sigma is None:
+        return
+    is_number = isinstance(sigma, numbers.Real) and not isinstance(sigma, bool)
+    if not is_number or not 0 < sigma <= 1:
+        per_branch = ' (one for all branches; per branch: their own timestep=)' if isinstance(sigma, (list, tuple,
+                                                                                                     dict)) else ''
+        error = ValueError if is_number else TypeError
+        raise error(f'sigma={sigma!r}: give a number in (0, 1] (the flow-matching noise level){per_branch}, e.g. '
+                    "sigma=0.111, or leave it out for the authors' t -> sigma mapping")
 
 
 __all__ = ['TextCondition', 'DenoiserFamily', 'StableDiffusionFamily', 'StableDiffusionXLFamily',
            'StableDiffusion3Family', 'FluxFamily', 'PixArtSigmaFamily', 'PixArtAlphaFamily', 'FAMILIES',
-           'detect_family', 'token_ids', 'first_output', 'check_family_options']
+           'detect_family', 'token_ids', 'first_output', 'check_family_options', 'check_sigma']

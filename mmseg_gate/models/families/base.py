@@ -8,12 +8,16 @@ what a timestep means, and what a tapped module's output is. A new family is one
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
 
 from ..flow_matching import flow_noise
+
+#: a tap name's enclosing block (``transformer_blocks.3.attn`` -> ``transformer_blocks.3``)
+_BLOCK = re.compile(r'^(\w*blocks\.\d+)\.')
 
 
 @dataclass
@@ -74,6 +78,10 @@ class DenoiserFamily:
     lora_text_encoders_only: tuple[str, ...] | None = None
     #: transformer blocks' feed-forwards may be chunked along the tokens (inference_blocks.chunk_feed_forward)
     chunkable_feed_forwards = True
+    #: kinds of denoiser LoRA keys its loaders read (:func:`mmseg_gate.lora.files.lora_key_kinds`)
+    lora_kinds: tuple[str, ...] = ('unet',)
+    #: classes of the blocks whose outputs ``token_norm='adaln'`` modulates (:meth:`block_modulation`)
+    adaln_blocks: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ folders
     def matches(self, components: dict) -> bool:
@@ -221,12 +229,29 @@ class DenoiserFamily:
         return scheduler.add_noise(latents.float(), noise.float(), t)
 
     # ------------------------------------------------------------------ AdaLN (massive activations)
+    def is_adaln_block(self, module: nn.Module) -> bool:
+        """Whether :meth:`block_modulation` can normalise ``module``'s output (an AdaLN-modulated block)."""
+        return type(module).__name__ in self.adaln_blocks
+
+    def check_token_norm_taps(self, taps: dict[str, nn.Module]) -> None:
+        """Fail at build time for ``token_norm='adaln'`` on taps (name -> module) that are no AdaLN-modulated
+        block: their outputs have no modulation of their own (an attention or feed-forward inside a block)."""
+        bad = {name: type(m).__name__ for name, m in taps.items() if not self.is_adaln_block(m)}
+        if not bad:
+            return
+        if not self.adaln_blocks:
+            raise ValueError(f"token_norm='adaln' needs AdaLN-modulated transformer blocks; the {self.name} family's "
+                             'denoiser has none: leave token_norm=None')
+        blocks = sorted({m.group(1) for m in map(_BLOCK.match, bad) if m})
+        raise ValueError(f"token_norm='adaln' on taps {bad} (name: class): it modulates the output of the {self.name} "
+                         f"family's AdaLN blocks ({', '.join(self.adaln_blocks)}); tap the block itself"
+                         + (f' (e.g. {blocks})' if blocks else '') + ' or leave token_norm=None')
+
     def block_modulation(self, block: nn.Module, tokens: torch.Tensor, block_kwargs: dict) -> torch.Tensor:
         """LayerNorm without affine of a block's output tokens, then the block's own AdaLN modulation
         ``(1 + scale) x + shift`` under its conditioning (``block_kwargs``: what the block was called
-        with). Only for families whose blocks are AdaLN-modulated."""
-        raise ValueError(f"token_norm='adaln' needs AdaLN-modulated transformer blocks; the {self.name} family's "
-                         'denoiser has none: leave token_norm=None')
+        with). Only for the blocks :meth:`is_adaln_block` accepts (:meth:`check_token_norm_taps` refuses others)."""
+        raise NotImplementedError(f'the {self.name} family has no AdaLN-modulated blocks')
 
 
 def token_ids(tokenizer, prompt: str, encoder: nn.Module, max_length: int | None = None) -> torch.Tensor:

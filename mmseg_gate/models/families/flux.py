@@ -69,6 +69,8 @@ class FluxFamily(DiTFamily):
     controlnet_class = 'FluxControlNetModel'
     text_encoders = {'text_encoder': 'tokenizer', 'text_encoder_2': 'tokenizer_2'}
     lora_text_encoders_only = ('text_encoder',)  # FluxLoraLoaderMixin: CLIP layers only
+    lora_kinds = ('flux', 'transformer')
+    adaln_blocks = ('FluxTransformerBlock', 'FluxSingleTransformerBlock')
     flow_matching = True
     guidance_default = AUTHORS_GUIDANCE
 
@@ -132,11 +134,15 @@ class FluxFamily(DiTFamily):
                                  f'{denoiser.config.get(key)}: use a ControlNet made for FLUX.1')
 
     def check_control_mode(self, net: nn.Module, mode: int | None, path: str) -> None:
-        if getattr(net, 'union', False) and mode is None:
-            raise ValueError(f'ControlNet {path!r} is a union ControlNet ({net.config.num_mode} modes): give the '
-                             "branch's controlnet a mode (InstantX union: canny 0, tile 1, depth 2, blur 3, pose 4, "
-                             'gray 5, low quality 6)')
-        super().check_control_mode(net, None if getattr(net, 'union', False) else mode, path)
+        """A union ControlNet needs a mode below its ``num_mode`` (its mode embedding has that many rows)."""
+        if not getattr(net, 'union', False):
+            return super().check_control_mode(net, mode, path)
+        modes = net.config.num_mode
+        if mode is None or not 0 <= mode < modes:
+            got = 'none' if mode is None else f'mode={mode}'
+            raise ValueError(f'ControlNet {path!r} is a union ControlNet with {modes} modes: give the branch\'s '
+                             f'controlnet a mode in 0..{modes - 1} (it has {got}; InstantX union: canny 0, tile 1, '
+                             'depth 2, blur 3, pose 4, gray 5, low quality 6)')
 
     @torch.no_grad()
     def control_input(self, sd, condition: torch.Tensor, net: nn.Module) -> torch.Tensor:

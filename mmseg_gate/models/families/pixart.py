@@ -28,6 +28,7 @@ class PixArtSigmaFamily(DiTFamily):
     denoiser_class = 'PixArtTransformer2DModel'
     controlnet_class = None  # diffusers has no PixArt ControlNet model
     text_encoders = {'text_encoder': 'tokenizer'}
+    adaln_blocks = ('BasicTransformerBlock',)
 
     def text_encoder_class(self, attribute: str):
         from transformers import T5EncoderModel
@@ -63,11 +64,13 @@ class PixArtSigmaFamily(DiTFamily):
         config = DDPMScheduler.load_config(pretrained, subfolder='scheduler', **hub_kwargs)
         return DDPMScheduler.from_config(config)
 
+    def is_adaln_block(self, module: nn.Module) -> bool:
+        """PixArt's blocks: ``BasicTransformerBlock`` with ``ada_norm_single`` (its own ``scale_shift_table``)."""
+        return super().is_adaln_block(module) and getattr(module, 'norm_type', None) == 'ada_norm_single'
+
     def block_modulation(self, block: nn.Module, tokens: torch.Tensor, block_kwargs: dict) -> torch.Tensor:
         """``BasicTransformerBlock`` with ``ada_norm_single``: its ``norm1`` (LayerNorm without affine),
         then ``(1 + scale_msa) x + shift_msa`` from its ``scale_shift_table`` and the block's ``timestep``."""
-        if getattr(block, 'norm_type', None) != 'ada_norm_single':
-            raise ValueError(f"token_norm='adaln' needs PixArt's transformer blocks; got {type(block).__name__}")
         b = tokens.shape[0]
         shift, scale = (block.scale_shift_table[None] + block_kwargs['timestep'].reshape(b, 6, -1)).chunk(6, dim=1)[:2]
         return block.norm1(tokens) * (1 + scale) + shift

@@ -31,6 +31,8 @@ class StableDiffusion3Family(DiTFamily):
     text_encoders = {'text_encoder': 'tokenizer', 'text_encoder_2': 'tokenizer_2', 'text_encoder_3': 'tokenizer_3'}
     optional_text_encoders = ('text_encoder_3',)
     lora_text_encoders_only = ('text_encoder', 'text_encoder_2')  # SD3LoraLoaderMixin: no T5 layers
+    lora_kinds = ('sd3', 'transformer')
+    adaln_blocks = ('JointTransformerBlock',)
     flow_matching = True
 
     def matches(self, components: dict) -> bool:
