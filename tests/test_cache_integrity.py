@@ -165,3 +165,42 @@ def test_a_stale_cache_names_the_settings_that_differ(cache):
                                           cfg.cache_pipeline[2]])
     with pytest.raises(StaleCacheError, match=f'other settings or files: {names}. Pass --overwrite'):
         _write(other, root, splits=('train',))
+
+
+def test_controlnet_and_model_files_are_fingerprinted_and_checked(tiny, tmp_path, monkeypatch):
+    """ControlNet weight files always carry a sha256; the SD folder's large files only when cheap (else size and
+    mtime), a hub-cache blob's name is its sha256; a replaced file is refused by name."""
+    from mmseg_gate.cache import StaleCacheError, check_sources
+    from mmseg_gate.cache import provenance as prov
+    from mmseg_gate.utils.files import file_sha256
+    net, sd = tmp_path / 'controlnet', tmp_path / 'sd'
+    shutil.copytree(tiny / 'controlnet-canny', net)
+    shutil.copytree(tiny / 'sd', sd)
+    monkeypatch.setattr(prov, 'CHEAP_HASH_BYTES', 100_000)  # the tiny UNet weights count as large here
+    frozen = dict(pretrained=str(sd), controlnets=[str(net)], loras={})
+    files = prov.source_files(frozen)
+    meta = dict(gate_frozen=frozen, sources=prov.fingerprint_sources(files))
+    weights = net / 'diffusion_pytorch_model.safetensors'
+    unet = sd / 'unet' / 'diffusion_pytorch_model.safetensors'
+    assert meta['sources'][str(weights)]['sha256'] == file_sha256(weights)
+    assert 'sha256' not in meta['sources'][str(unet)] and meta['sources'][str(sd / 'unet' / 'config.json')]['sha256']
+    assert not any('safety_checker' in p for p in files)
+    check_sources(meta)
+    with open(weights, 'r+b') as f:  # replaced in place, same size
+        f.seek(-4, 2)
+        f.write(b'\0\1\2\3')
+    os.utime(weights, ns=(0, os.stat(weights).st_mtime_ns + 10**9))
+    with pytest.raises(StaleCacheError, match=rf'{re.escape(str(weights))}: changed \(sha256 cache'):
+        check_sources(meta, 'CACHE')
+    meta['sources'] = prov.fingerprint_sources(files)
+    os.utime(unet, ns=(0, os.stat(unet).st_mtime_ns + 10**9))  # large, no sha256: a new mtime is a change
+    with pytest.raises(StaleCacheError, match=rf'{re.escape(str(unet))}: changed \(size .* sha256 not recorded'):
+        check_sources(meta)
+    os.remove(unet)
+    with pytest.raises(StaleCacheError, match=rf'{re.escape(str(unet))}: missing'):
+        check_sources(meta)
+    blob = tmp_path / 'hub' / 'blobs' / ('ab' * 32)  # the hub cache: snapshots/<rev>/<file> -> blobs/<sha256>
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b'x' * 200_000)
+    (tmp_path / 'link.safetensors').symlink_to(blob)
+    assert prov.fingerprint(str(tmp_path / 'link.safetensors'), always_hash=False)['sha256'] == 'ab' * 32
