@@ -204,3 +204,14 @@ def test_controlnet_and_model_files_are_fingerprinted_and_checked(tiny, tmp_path
     blob.write_bytes(b'x' * 200_000)
     (tmp_path / 'link.safetensors').symlink_to(blob)
     assert prov.fingerprint(str(tmp_path / 'link.safetensors'), always_hash=False)['sha256'] == 'ab' * 32
+
+
+def test_cached_segmentor_names_a_damaged_meta_json(tmp_path):
+    """The cached model reads meta.json through the cache's reader: a cut-short file is named, with the fix."""
+    from mmseg_gate.cache import DamagedCacheError
+    from conftest import build
+    (tmp_path / 'meta.json').write_text('{"backbone": {"type": "GATEDiff')
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmseg'), \
+            pytest.raises(DamagedCacheError, match=r'meta.json cannot be read .*--overwrite'):
+        build(dict(type='CachedFeatureEncoderDecoder', cache_root=str(tmp_path), backbone=dict(), decode_head=dict()))

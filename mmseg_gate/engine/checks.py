@@ -6,12 +6,13 @@ from typing import Any
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmseg.registry import HOOKS
 import torch
+from mmseg.registry import HOOKS
 from torch import nn
 
 from ..utils.finite import NonFiniteError, check_finite_images
 from ..utils.mmcv_ops import check_mmcv_cuda_ops
+from .checkpointing import choose_resume_checkpoint, make_checkpoints_atomic
 
 
 def _as_list(value) -> list:
@@ -105,7 +106,6 @@ class GATECheckHook(Hook):
         if self.random_state:
             from .random_state import ensure_random_state_hook
             ensure_random_state_hook(runner)
-        from .checkpointing import choose_resume_checkpoint, make_checkpoints_atomic
         make_checkpoints_atomic(runner)
         choose_resume_checkpoint(runner)  # before the runner's load_or_resume: skip unreadable checkpoints
 

@@ -9,7 +9,6 @@ is built on the cached per-branch features. State-dict keys equal the live model
 """
 from __future__ import annotations
 
-import json
 import os.path as osp
 from typing import Sequence
 
@@ -21,6 +20,7 @@ from mmseg.models.segmentors.base import BaseSegmentor
 from mmseg.registry import MODELS
 
 from ..cache.provenance import check_fresh
+from ..cache.store import read_meta
 from .amalgamation import Amalgamation
 
 
@@ -102,8 +102,7 @@ class CachedFeatureEncoderDecoder(EncoderDecoder):
         if not osp.isfile(meta_file):
             raise FileNotFoundError(f'no feature cache in {cache_root!r}: make it with '
                                     f'python tools/cache_features.py LIVE_CONFIG --out {cache_root}')
-        with open(meta_file) as f:
-            meta = json.load(f)
+        meta = read_meta(cache_root)  # a damaged meta.json: named, with the command that rebuilds it
         check_fresh(meta, backbone, cache_pipeline, cache_root)
         self.cache_root = cache_root
         # as the live backbone: amalgamation=dict() by default; None: raw features (branches concatenated)
