@@ -17,8 +17,9 @@ def _dit(tiny_dit, name, **kw):
 
 
 @pytest.mark.parametrize('sigma, error, match', [
-    ('high', TypeError, r"sigma='high': give a number in \(0, 1\] \(the flow-matching noise level\), e.g. sigma=0.111"),
-    (1.5, ValueError, r'sigma=1.5: give a number in \(0, 1\]'),
+    ('high', TypeError, r"sigma='high': give a number in \[0, 1\] \(the flow-matching noise level\), e.g. sigma=0.111"),
+    (1.5, ValueError, r'sigma=1.5: give a number in \[0, 1\]'),
+    (-0.1, ValueError, r'sigma=-0.1: give a number in \[0, 1\]'),
     ([0.1, 0.2], TypeError, r'sigma=\[0.1, 0.2\]: .*one for all branches; per branch: their own timestep='),
 ])
 def test_sigma_must_be_a_noise_level(tiny_dit, sigma, error, match):
@@ -49,6 +50,10 @@ def test_union_controlnet_mode_beyond_its_modes(tiny_dit):
     net = dict(path=str(tiny_dit / 'flux-controlnet-union'), mode=99)
     with pytest.raises(ValueError, match=r"flux-controlnet-union' is a union ControlNet with 10 modes: give the "
                                          r"branch's controlnet a mode in 0\.\.9 \(it has mode=99;"):
+        build(_dit(tiny_dit, 'flux', branches=[dict(name='u', controlnets=[net])]))
+    net['mode'] = 'canny'  # a name instead of the index: int('canny') said only "invalid literal"
+    with pytest.raises(TypeError, match=r"branch 'u' controlnet mode='canny': give the union ControlNet's control "
+                                        r"type as its index \(an int; FLUX InstantX union: canny 0"):
         build(_dit(tiny_dit, 'flux', branches=[dict(name='u', controlnets=[net])]))
 
 

@@ -93,9 +93,13 @@ def parse_branches(branches: Sequence[dict], default_prompt: str) -> list[Branch
             if condition not in CONDITIONS:
                 raise ValueError(f'branch {name!r}: unknown condition type {condition!r}; use one of '
                                  f'{sorted(CONDITIONS)}')
+            mode = net.get('mode')
+            if mode is not None and (isinstance(mode, bool) or not isinstance(mode, int)):
+                raise TypeError(f'branch {name!r} controlnet mode={mode!r}: give the union ControlNet\'s control '
+                                'type as its index (an int; FLUX InstantX union: canny 0, tile 1, depth 2, blur 3, '
+                                'pose 4, gray 5, low quality 6)')
             nets.append(ControlNetSpec(str(net['path']), condition, float(net.get('scale', 1.0)),
-                                       tuple(sorted(dict(net.get('condition_cfg', {})).items())),
-                                       None if net.get('mode') is None else int(net['mode'])))
+                                       tuple(sorted(dict(net.get('condition_cfg', {})).items())), mode))
         prompt = cfg.get('prompt')
         timestep, start = cfg.get('timestep'), cfg.get('denoising_from')
         specs.append(BranchSpec(name, default_prompt if prompt is None else prompt, tuple(loras), tuple(nets),

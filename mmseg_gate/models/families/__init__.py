@@ -73,15 +73,16 @@ def check_family_options(family: DenoiserFamily, specs, denoising_from, attentio
 
 
 def check_sigma(sigma) -> None:
-    """``sigma`` is one number in (0, 1] (every branch's flow-matching noise level) or ``None``."""
+    """``sigma`` is one number in [0, 1] (every branch's flow-matching noise level; 0: the clean image, as the
+    guideline's t=0 reference) or ``None``."""
     if sigma is None:
         return
     is_number = isinstance(sigma, numbers.Real) and not isinstance(sigma, bool)
-    if not is_number or not 0 < sigma <= 1:
+    if not is_number or not 0 <= sigma <= 1:
         per_branch = ' (one for all branches; per branch: their own timestep=)' if isinstance(sigma, (list, tuple,
                                                                                                      dict)) else ''
         error = ValueError if is_number else TypeError
-        raise error(f'sigma={sigma!r}: give a number in (0, 1] (the flow-matching noise level){per_branch}, e.g. '
+        raise error(f'sigma={sigma!r}: give a number in [0, 1] (the flow-matching noise level){per_branch}, e.g. '
                     "sigma=0.111, or leave it out for the authors' t -> sigma mapping")
 
 
