@@ -80,7 +80,7 @@ class AtomicCheckpointHook(CheckpointHook):
 
 def make_checkpoints_atomic(runner) -> None:
     """Turn the runner's stock ``CheckpointHook`` into an :class:`AtomicCheckpointHook` (no state of its own)."""
-    for hook in runner.hooks:
+    for hook in getattr(runner, 'hooks', ()):  # (a runner-like object without hooks: nothing to do)
         if type(hook) is CheckpointHook:
             hook.__class__ = AtomicCheckpointHook
             print_log('checkpoints are written atomically (AtomicCheckpointHook)', 'current', logging.DEBUG)
