@@ -15,6 +15,7 @@ setup(
         'diffusers>=0.42', 'transformers>=5.0,<5.24', 'peft>=0.17', 'accelerate', 'safetensors',
         'numpy>=2,<2.4',  # cityscapesscripts calls np.in1d, removed in numpy 2.4
         'opencv-python-headless', 'ftfy', 'regex', 'tokenizers', 'scikit-image', 'matplotlib', 'tqdm',
+        'albumentations>=2.0,<2.1',  # mmseg's NYU depth pipeline (Albu), configs/depth/
     ],
     # quant: quantization=dict(type='TorchAoConfig', ...) of the FLUX configs (bitsandbytes: install it yourself,
     # GPU only); dev has it so that the quantized path is tested on CPU
