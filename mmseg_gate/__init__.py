@@ -3,13 +3,11 @@
 Importing the package registers :class:`GATEDiffusionBackbone`, the LoRA trainer (and friends) in mmseg's registries,
 so configs only need ``custom_imports = dict(imports=['mmseg_gate'])``.
 """
-import logging
+# first of all: drop the diffusion stack's known harmless import messages (torchao kernels, pytree
+# deprecations, peft's "Already found a peft_config"), message by message, before anything imports them
+from .utils.quiet import quiet_import_noise
 
-# diffusers imports torchao (the dev/quant extra: quantization=) whenever it is installed; its import reports
-# CUDA kernels it cannot load and deprecated pytree registrations, on every run and harmless: keep them out of
-# the logs (errors still show)
-for _name in ('torchao', 'torch.utils._pytree', 'diffusers.quantizers.torchao.torchao_quantizer'):
-    logging.getLogger(_name).setLevel(logging.ERROR)
+quiet_import_noise()
 
 from . import cache  # noqa: F401,E402  (feature caches: registers LoadCachedFeatures, PackCachedSegInputs)
 from .checkpoint_compat import allow_mmengine_checkpoints

@@ -4,17 +4,24 @@ Same flags as mmseg's: CONFIG [--work-dir DIR] [--resume] [--amp] [--cfg-options
 [--launcher none|pytorch|slurm|mpi]. ``--cfg-options sd_path=... data_root=...`` also rewrites
 every place of the config that used those top-level variables.
 """
-import argparse
-import logging
 import os
 
-import mmseg_gate  # noqa: F401  (registers the backbone; lets torch>=2.6 load Runner checkpoints)
-from mmengine.config import DictAction
-from mmengine.logging import print_log
-from mmengine.runner import Runner
-from mmseg.registry import RUNNERS
-from mmseg_gate.engine import check_data_roots, load_tool_config
-from mmseg_gate.engine.dist import init_cpu_distributed
+# before torch loads OpenMP: waiting threads sleep instead of spinning, which keeps cores shared with other
+# jobs usable (tools/demo.py, 2 threads beside a busy core: 42 s -> 28 s)
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+
+import mmseg_gate  # noqa: F401,E402  (registers the backbone; lets torch>=2.6 load Runner checkpoints)
+from mmengine.config import DictAction  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+from mmseg.registry import RUNNERS  # noqa: E402
+from mmseg_gate.engine import check_data_roots, load_tool_config  # noqa: E402
+from mmseg_gate.engine.dist import init_cpu_distributed  # noqa: E402
+from mmseg_gate.engine.heads import check_model_config  # noqa: E402
+from mmseg_gate.utils.threads import configure_threads  # noqa: E402
 
 
 def parse_args():
@@ -47,7 +54,9 @@ def main():
             cfg.optim_wrapper.loss_scale = 'dynamic'
     cfg.resume = args.resume
     check_data_roots(cfg)
+    check_model_config(cfg)  # heads vs the backbone's levels, before mmseg's bare assertions at head build
     init_cpu_distributed(cfg)
+    configure_threads()  # OMP_NUM_THREADS, else torch's default within the CPUs this process may use
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
 

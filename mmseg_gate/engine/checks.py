@@ -19,46 +19,8 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def check_head_channels(segmentor: Any) -> None:
-    """Raise if a decode/auxiliary head's ``in_channels`` differ from the backbone's ``out_channels`` (with a
-    neck: if the neck's ``in_channels`` differ from them, or the heads' from the neck's outputs)."""
-    if is_model_wrapper(segmentor):
-        segmentor = segmentor.module
-    backbone = getattr(segmentor, 'backbone', None)
-    out = getattr(backbone, 'out_channels', None)
-    if out is None:
-        return
-    neck = getattr(segmentor, 'neck', None)
-    if neck is not None:  # e.g. MultiLevelNeck (DiT taps of one stride -> a pyramid): it takes the backbone's levels
-        neck_in = getattr(neck, 'in_channels', None)
-        if neck_in is not None and _as_list(neck_in) != list(out):
-            raise ValueError(f'model.neck.in_channels={neck_in} does not match the backbone: out_channels={out}. '
-                             f'Set model.neck.in_channels={list(out)}.')
-        neck_out, outs = getattr(neck, 'out_channels', None), getattr(neck, 'num_outs', None)
-        if not isinstance(neck_out, int) or outs is None:
-            return  # a neck of unknown output: the heads are not checked
-        out = [neck_out] * outs
-    source = 'the backbone' if neck is None else 'the neck'
-    heads = [('decode_head', getattr(segmentor, 'decode_head', None))]
-    aux = getattr(segmentor, 'auxiliary_head', None)
-    if isinstance(aux, nn.ModuleList):  # mmseg builds a list of auxiliary heads as a ModuleList
-        heads += [(f'auxiliary_head[{i}]', h) for i, h in enumerate(aux)]
-    else:
-        heads.append(('auxiliary_head', aux))
-    for name, head in heads:
-        if head is None or not hasattr(head, 'in_index'):
-            continue
-        index, channels = _as_list(head.in_index), _as_list(head.in_channels)
-        if any(i >= len(out) for i in index):
-            raise ValueError(f'model.{name}.in_index={index} but {source} gives only {len(out)} levels '
-                             f'(out_channels={out})')
-        want = [out[i] for i in index]
-        if getattr(head, 'input_transform', None) == 'resize_concat':  # one concatenated input
-            want, channels = [sum(want)], [sum(channels)]
-        if want != channels:
-            fix = want if len(want) > 1 else want[0]
-            raise ValueError(f'model.{name}.in_channels={head.in_channels} does not match {source}: '
-                             f'out_channels={out} at in_index={index}. Set model.{name}.in_channels={fix}.')
+# head/neck channels against the backbone: on the built model (this hook) and on the config before the build
+from .heads import check_head_channels, check_model_config  # noqa: E402,F401
 
 
 def _gate_backbone(model: Any):

@@ -29,19 +29,49 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-#: what the configs expect at their default paths (README: "Reproducing GATE"); SDXL's when the
-#: path names it
-_HUB_REPOS = {'Stable Diffusion model': 'stable-diffusion-v1-5/stable-diffusion-v1-5',
-              'ControlNet': 'lllyasviel/sd-controlnet-canny'}
-_HUB_REPOS_XL = {'Stable Diffusion model': 'stabilityai/stable-diffusion-xl-base-1.0',
-                 'ControlNet': 'diffusers/controlnet-canny-sdxl-1.0'}
+#: what the configs expect at their default paths (README: "Reproducing GATE"): hub repository, the files
+#: to include (as the README's commands), the local folder the configs read; SDXL's when the path names it
+_DIFFUSERS_FILES = ('*.json', '*.txt', 'text_encoder/model.safetensors', 'text_encoder_2/model.safetensors',
+                    'unet/diffusion_pytorch_model.safetensors', 'vae/diffusion_pytorch_model.safetensors')
+_CONTROLNET_FILES = ('config.json', 'diffusion_pytorch_model.safetensors')
+_HUB_REPOS = {'Stable Diffusion model': ('stable-diffusion-v1-5/stable-diffusion-v1-5', _DIFFUSERS_FILES[:3]
+                                         + _DIFFUSERS_FILES[4:]),
+              'ControlNet': ('lllyasviel/sd-controlnet-canny', _CONTROLNET_FILES)}
+_HUB_REPOS_XL = {'Stable Diffusion model': ('stabilityai/stable-diffusion-xl-base-1.0', _DIFFUSERS_FILES),
+                 'ControlNet': ('diffusers/controlnet-canny-sdxl-1.0', _CONTROLNET_FILES)}
+
+
+def download_command(path: str, what: str) -> str | None:
+    """The ``hf download`` command of the weights the configs expect at ``path`` (the README's filters),
+    into ``checkpoints/<repository name>``; ``None`` for what has no default repository."""
+    repos = _HUB_REPOS_XL if 'xl' in Path(str(path)).name.lower() else _HUB_REPOS
+    if what not in repos:
+        return None
+    repo, files = repos[what]
+    includes = ' '.join(f'--include "{f}"' if '*' in f else f'--include {f}' for f in files)
+    return f'hf download {repo} {includes} --local-dir checkpoints/{repo.split("/")[-1]}'
+
+
+def _close_paths(path: str) -> list[str]:
+    """Existing siblings of ``path`` with a similar name: the folder a typo meant."""
+    p = Path(os.path.expanduser(str(path)))
+    parent = p.parent if str(p.parent) else Path('.')
+    if not parent.is_dir():
+        return []
+    names = difflib.get_close_matches(p.name, [c.name for c in parent.iterdir()], n=3, cutoff=0.6)
+    return [str(Path(str(path)).parent / n) for n in names]
 
 
 def _not_found(path: str, what: str) -> str:
-    repo = (_HUB_REPOS_XL if 'xl' in Path(str(path)).name.lower() else _HUB_REPOS).get(what, '<repo>')
-    return (f'{what} not found at {str(path)!r}. Download it (e.g. `hf download {repo} --local-dir {path}`; '
-            'the README\'s "Reproducing GATE" lists the files to include) or point the config at the right '
-            'folder (e.g. with --cfg-options); tiny test weights come from `python tools/make_tiny_sd.py`.')
+    close = _close_paths(path)
+    command = download_command(path, what)
+    return (f'{what} not found at {str(path)!r}.'
+            + (f' Close matches: {close}.' if close else '')
+            + (f' Download it: `{command}` (README "Reproducing GATE", step 1), and point the config at that '
+               'folder (e.g. --cfg-options sd_path=...)' if command else
+               ' Download it (its page or docs/models.md names the repository) or point the config at the right '
+               'folder (e.g. with --cfg-options)')
+            + '; tiny test weights come from `python tools/make_tiny_sd.py`.')
 
 
 def _is_repo_id(path: str) -> bool:
@@ -53,18 +83,44 @@ def _is_repo_id(path: str) -> bool:
     return not str(path).startswith(('.', '/', '~'))
 
 
+def _hub_unavailable(repo_id: str) -> str | None:
+    """Why ``repo_id`` cannot come from the hub, found at once (``None``: it can, or is cached).
+
+    The hub's file downloads retry a failed connection 5 times (~25 s) before diffusers gives up, so the
+    answer is taken first from the local cache, the offline mode (``HF_HUB_OFFLINE``), a first path part
+    that is a local folder (``checkpoints/...``: a local path was meant) or one metadata request."""
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+    if huggingface_hub.try_to_load_from_cache(repo_id, 'model_index.json') or \
+            huggingface_hub.try_to_load_from_cache(repo_id, 'config.json'):
+        return None
+    if huggingface_hub.is_offline_mode():
+        return 'HF_HUB_OFFLINE is set and the hub cache has no copy'
+    if Path(str(repo_id).split('/')[0]).is_dir():
+        return f'{str(repo_id).split("/")[0]}/ is a local folder, so this is read as a local path'
+    try:
+        huggingface_hub.HfApi().model_info(repo_id, timeout=10)  # one request, no retries
+    except GatedRepoError:
+        return None  # it exists: from_pretrained says what access it needs
+    except Exception as error:  # noqa: BLE001 (offline, no such repository, refused: all mean "not from the hub")
+        return f'the hub answered {type(error).__name__}'
+    return None
+
+
 def check_weights_location(path: str, what: str, subfolders: Sequence[str] = ()) -> None:
     """Fail before diffusers does, with a message that says what to download and where.
 
-    A string that is no existing path but a valid hub id (``owner/name``) is left to
-    ``from_pretrained`` (through :func:`from_pretrained_or_explain`, which turns a hub failure into
-    the same message: ``checkpoints/stable-diffusion-v1-5`` is a valid hub id too).
+    A string that is no existing path but a valid hub id (``owner/name``) is left to ``from_pretrained``
+    when the hub can serve it (:func:`_hub_unavailable`; ``checkpoints/stable-diffusion-v1-5`` is a valid
+    hub id too); :func:`from_pretrained_or_explain` turns a later hub failure into the same message.
     """
     p = Path(os.path.expanduser(str(path)))
     if not p.exists():
-        if _is_repo_id(path):
-            return
-        raise FileNotFoundError(_not_found(path, what))
+        if not _is_repo_id(path):
+            raise FileNotFoundError(_not_found(path, what))
+        why = _hub_unavailable(str(path))
+        if why is not None:
+            raise FileNotFoundError(f'{_not_found(path, what)} (tried it as a hub id: {why})')
     missing = [s for s in subfolders if not (p / s).is_dir()]
     if missing:
         raise FileNotFoundError(
