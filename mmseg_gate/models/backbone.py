@@ -34,6 +34,25 @@ from .taps import feed_forwards_tapped, plan_levels, probe_taps, to_feature_map
 GATE_TAPS = ('up_blocks.0.upsamplers.0', 'up_blocks.1.upsamplers.0', 'up_blocks.2.upsamplers.0')
 
 
+def known_keywords(init):
+    """Answer an unknown keyword of ``init`` (a config typo such as ``timesteps=51``) as unknown branch keys are
+    answered: close matches and the allowed keys, instead of Python's bare ``unexpected keyword argument``."""
+    import difflib
+    import inspect
+    allowed = [n for n in inspect.signature(init).parameters if n != 'self']
+
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            close = {k: difflib.get_close_matches(k, allowed, n=2, cutoff=0.6) for k in unknown}
+            hints = '; '.join(f'{k!r}: did you mean {" or ".join(map(repr, c))}?' for k, c in close.items() if c)
+            raise TypeError(f'{type(self).__name__}: unknown keys {unknown}' + (f' ({hints})' if hints else '')
+                            + f'; allowed keys are {allowed}')
+        return init(self, *args, **kwargs)
+    return checked
+
+
 @MODELS.register_module()
 class GATEDiffusionBackbone(BaseModule):
     """Diffusion features for segmentation, with GATE's content-shift suppression.
@@ -152,6 +171,7 @@ class GATEDiffusionBackbone(BaseModule):
         hub_kwargs: extra ``from_pretrained`` kwargs (``revision``, ``local_files_only``, ...).
     """
 
+    @known_keywords
     def __init__(self,
                  pretrained: str,
                  branches: Sequence[dict] = (dict(name='basic'),),
