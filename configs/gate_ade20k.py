@@ -10,8 +10,8 @@ _base_ = [
 ]
 sd_path = 'checkpoints/stable-diffusion-v1-5'          # diffusers folder of stable-diffusion-v1-5
 controlnet_path = 'checkpoints/sd-controlnet-canny'     # lllyasviel/sd-controlnet-canny
-lora_a = 'checkpoints/lora/ade20k_a.safetensors'        # LoCon, moderately trained on ~30 ADE20K images
-lora_b = 'checkpoints/lora/ade20k_b.safetensors'        # LoCon, slightly over-fitted
+lora_a = 'work_dirs/lora_ade20k_a/lora.safetensors'  # LoCon, moderately trained on ~30 ADE20K images (README step 3)
+lora_b = 'work_dirs/lora_ade20k_b/lora.safetensors'  # LoCon, slightly over-fitted (README step 3)
 data_root = 'data/ade/ADEChallengeData2016'
 prompt = ('a highly realistic photo of the real world. It can be an indoor scene, or an outdoor scene, '
           'or a photo of nature. high quality.')

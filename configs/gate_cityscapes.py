@@ -9,8 +9,8 @@ _base_ = [
 ]
 sd_path = 'checkpoints/stable-diffusion-v1-5'          # diffusers folder of stable-diffusion-v1-5
 controlnet_path = 'checkpoints/sd-controlnet-canny'     # lllyasviel/sd-controlnet-canny
-lora_a = 'checkpoints/lora/cityscapes_a.safetensors'    # LoCon, moderately trained on ~30 Cityscapes images
-lora_b = 'checkpoints/lora/cityscapes_b.safetensors'    # LoCon, slightly over-fitted
+lora_a = 'work_dirs/lora_cityscapes_a/lora.safetensors'  # LoCon, moderately trained on ~30 images (README step 3)
+lora_b = 'work_dirs/lora_cityscapes_b/lora.safetensors'  # LoCon, slightly over-fitted (README step 3)
 data_root = 'data/cityscapes'
 prompt = ('An urban street scene with multiple lanes, various buildings, traffic lights, cars in the lanes, '
           'and pedestrians, highly realistic.')

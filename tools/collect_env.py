@@ -24,6 +24,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lockfile import installed_versions, lock_differences, read_lock, torch_runtime_packages  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def package_module(name: str):
+    """A module of ``mmseg_gate/utils`` loaded by its path, without importing the package (which may be
+    what is broken); ``None`` outside a clone."""
+    path = REPO / 'mmseg_gate' / 'utils' / f'{name}.py'
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location(f'_doctor_{name}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_quiet = package_module('quiet')
+if _quiet is not None:  # before mmseg's report imports transformers (and torchao): its known harmless messages
+    _quiet.quiet_import_noise()
 LOCK = REPO / 'requirements' / 'lock.txt'
 DEFAULT_CONFIGS = ('configs/gate_ade20k.py', 'configs/gate_cityscapes.py')
 RESYNC = f'pip install -c {LOCK.relative_to(REPO)} -r requirements.txt (in the repository), or make install'
@@ -131,6 +148,23 @@ def check_accelerator() -> Result:
     return Result('OK', 'GPU', f'{names}, CUDA {torch.version.cuda}, bf16 supported')
 
 
+def check_threads() -> Result:
+    threads = package_module('threads')
+    if threads is None:
+        return Result('WARN', 'CPU threads', 'not checked (no mmseg_gate/utils/threads.py)')
+    try:
+        import torch
+        chosen, why = threads.choose_num_threads()
+    except Exception as error:  # noqa: BLE001 (a bad OMP_NUM_THREADS is the finding)
+        return Result('FAIL', 'CPU threads', str(error), 'export OMP_NUM_THREADS=2 (the threads to use), or unset it')
+    default = torch.get_num_threads()
+    detail = f'the tools use {chosen} ({why})'
+    if chosen < default:
+        return Result('WARN', 'CPU threads', f'{detail}; torch alone would take {default} and oversubscribe them',
+                      'use tools/train.py and tools/test.py (they set it), or torch.set_num_threads in own scripts')
+    return Result('OK', 'CPU threads', detail)
+
+
 def check_package_imports() -> Result:
     try:
         import mmseg_gate
@@ -157,6 +191,35 @@ def weight_paths(backbone: dict) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def readme_sources(readme: Path = REPO / 'README.md') -> list[tuple[str, str, str]]:
+    """What the README's "Reproducing GATE" steps write: (path, step, command) for every ``--local-dir`` (the
+    downloads), ``--work-dir`` and ``--out`` of its commands, so a missing file is named with the step that
+    makes it."""
+    if not readme.exists():
+        return []
+    text = readme.read_text().split('## Reproducing GATE', 1)[-1].split('\n## ', 1)[0]
+    sources, step = [], 'Reproducing GATE'
+    for line in text.replace('\\\n', ' ').splitlines():
+        heading = re.match(r'\s*(\d+)\. \*\*(.+?)\*\*', line)
+        if heading:
+            step = f'"Reproducing GATE" step {heading.group(1)} ({heading.group(2).rstrip(":")})'
+        for flag in ('--local-dir', '--work-dir', '--out'):
+            for path in re.findall(rf'{flag} (\S+)', line):
+                sources.append((path.rstrip('/'), step, ' '.join(line.split())))
+    return sources
+
+
+def how_to_make(path: str, sources: list[tuple[str, str, str]]) -> str:
+    """The README step (and its command) that writes ``path``; the Cityscapes files are the ADE20K ones
+    with ``cityscapes`` in the names, as the README says."""
+    for name, swap in ((path, None), (path.replace('cityscapes', 'ade20k'), ('ade20k', 'cityscapes'))):
+        for made, step, command in sources:
+            if name == made or name.startswith(made + '/'):
+                command = command.replace(*swap) if swap else command
+                return f'README {step}: `{command}`'
+    return 'not made by the README\'s recipe: docs/models.md names the download of each model family'
+
+
 def check_weights(config: str) -> Result:
     name = f'weights of {config}'
     try:
@@ -168,10 +231,11 @@ def check_weights(config: str) -> Result:
     paths = weight_paths(cfg.model.get('backbone', {}).to_dict() if cfg.model.get('backbone') else {})
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
-        return Result('WARN', name, f'{len(missing)} of {len(paths)} not found from {Path.cwd()}: '
-                      + ', '.join(missing),
-                      'README "Reproducing GATE" says what to download, or point the config elsewhere with '
-                      '--cfg-options (e.g. sd_path=...)')
+        sources = readme_sources()
+        return Result('WARN', name, f'{len(missing)} of {len(paths)} not found from {Path.cwd()}:'
+                      + ''.join(f'\n         {p}: {how_to_make(p, sources)}' for p in missing),
+                      'make each as its line says, or point the config elsewhere with --cfg-options '
+                      '(e.g. sd_path=...)')
     return Result('OK', name, f'all {len(paths)} present')
 
 
@@ -191,7 +255,7 @@ def environment_report() -> tuple[list[tuple[str, str]], Result]:
 def run_checks(configs: tuple[str, ...] = DEFAULT_CONFIGS) -> tuple[list[tuple[str, str]], list[Result]]:
     info, report = environment_report()
     checks: list[Callable[[], Result]] = [check_lock, check_peft, check_numpy, check_mmcv_ops, check_accelerator,
-                                          check_package_imports]
+                                          check_threads, check_package_imports]
     results = [report] + [check() for check in checks] + [check_weights(c) for c in configs]
     return info, results
 

@@ -15,11 +15,12 @@ Names go into the backbone's ``taps``; maps and tokens alike become feature leve
 import argparse
 
 from mmseg_gate.models.taps import tappable_modules
+from mmseg_gate.utils.threads import configure_threads
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('pretrained', help='diffusers folder or hub id (SD1.x, SD2.x, SDXL, SD3/SD3.5, PixArt)')
+    parser.add_argument('pretrained', help='diffusers folder or hub id (SD1.x, SD2.x, SDXL, SD3/SD3.5, PixArt, FLUX.1)')
     parser.add_argument('--size', type=int, nargs=2, default=(512, 512), metavar=('H', 'W'),
                         help='SD input size (default: %(default)s)')
     parser.add_argument('--grep', default='', help='only names containing this')
@@ -28,6 +29,7 @@ def main() -> None:
                         help="optional text encoders not to load, as the backbone's drop_text_encoders= "
                              "(text_encoder_3: SD3's T5-XXL, 4.7 B parameters)")
     args = parser.parse_args()
+    configure_threads()  # OMP_NUM_THREADS, else torch's default within the CPUs this process may use
     taps = [t for t in tappable_modules(args.pretrained, tuple(args.size), unet=args.unet,
                                              drop_text_encoders=tuple(args.drop_text_encoders)) if args.grep in t.name]
     h, w = args.size

@@ -17,7 +17,7 @@ def main() -> None:
     parser.add_argument('--no-sd2', action='store_true', help='skip the SD2-shaped variants (sd2/, sd2v/)')
     parser.add_argument('--no-sdxl', action='store_true', help='skip the SDXL-shaped assets')
     parser.add_argument('--dit', action=argparse.BooleanOptionalAction, default=True,
-                        help='also write the SD3 / PixArt assets (default: %(default)s)')
+                        help='also write the SD3, PixArt and FLUX.1 assets (default: %(default)s)')
     parser.add_argument('--overwrite', action='store_true', help='rewrite even if the folder is complete')
     args = parser.parse_args()
     out = make_tiny_sd(args.out, sd2=not args.no_sd2, sdxl=not args.no_sdxl, overwrite=args.overwrite)

@@ -14,9 +14,9 @@ model = dict(
         denoising_scheduler=None,  # the SD folder's scheduler (PNDM for SD1.5), as the authors'
         branches=[
             dict(name='prompt'),
-            dict(name='prompt_lora_a_canny', loras=[dict(path='checkpoints/lora/ade20k_a.safetensors')],
+            dict(name='prompt_lora_a_canny', loras=[dict(path='work_dirs/lora_ade20k_a/lora.safetensors')],
                  controlnets=[canny], denoising_from=60),   # img2img steps 61 -> 51 (PNDM starts at 61), then the features
-            dict(name='prompt_lora_b_canny', loras=[dict(path='checkpoints/lora/ade20k_b.safetensors')],
+            dict(name='prompt_lora_b_canny', loras=[dict(path='work_dirs/lora_ade20k_b/lora.safetensors')],
                  controlnets=[canny], denoising_from=60),
         ]),
     decode_head=dict(in_channels=[640 + 154, 1280, 1280]))
