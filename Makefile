@@ -8,12 +8,17 @@
 # make demo:    tiny weights + synthetic ADE20K-layout data, train, test, print mIoU
 # make doctor:  the environment report with a fix for each failed check
 # make lock:    re-resolve requirements.txt + setup.py in a fresh venv and rewrite requirements/lock.txt
+# make test-gpu: the device selection of the suite on the GPU: pytest -m device --device cuda --dtype bf16
+# make gpu-check: the whole project validated on a GPU machine in ~10 min, one report (docs/gpu.md);
+#               GPU_CHECK_ARGS='--budget-s 900 --out DIR' passes options
+# make gpu-check-dry: the same stages on the CPU at tiny sizes (= tools/gpu_check.py --dry-run)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 LOCK := requirements/lock.txt
 MMCV_OPS ?= auto
 PYTEST_ARGS ?=
+GPU_CHECK_ARGS ?=
 
 .PHONY: install mmcv test test-e2e test-all demo doctor lock clean
 
@@ -64,3 +69,15 @@ lock:
 
 clean:
 	rm -rf work_dirs .pytest_cache
+
+.PHONY: test-gpu gpu-check gpu-check-dry
+
+# the tests marked `device` on the GPU, frozen stacks in bf16 against fp32 references on the same GPU (docs/gpu.md)
+test-gpu: install
+	$(PY) -m pytest -q -m device --device cuda --dtype bf16 $(PYTEST_ARGS) tests
+
+gpu-check: install
+	$(PY) tools/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-check-dry: install
+	$(PY) tools/gpu_check.py --dry-run $(GPU_CHECK_ARGS)

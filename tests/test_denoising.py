@@ -1,5 +1,6 @@
 """denoising_from: diffusers' own img2img steps (get_timesteps, scheduler.step, full UNet and ControlNet
-passes with the branch's LoRA), then extraction, equal our batched loop."""
+passes with the branch's LoRA), then extraction, equal our batched loop. The comparisons are marked ``device``
+(docs/gpu.md): diffusers' loop then runs in fp32 on that device."""
 import logging
 
 import cv2
@@ -7,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import backbone_cfg, build, canny_net, lora
+from conftest import assert_features_close, backbone_cfg, build, canny_net, lora
 from test_features_match_diffusers import TAPS, crop, padded
 
 
-def reference(tiny, image, image_uint8, start, t, scheduler_name=None, with_lora=True, controlnet=True):
+def reference(tiny, image, image_uint8, start, t, scheduler_name=None, with_lora=True, controlnet=True,
+              device='cpu'):
     import diffusers
     from diffusers import ControlNetModel, StableDiffusionImg2ImgPipeline
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(tiny / 'sd'), safety_checker=None)
@@ -20,18 +22,19 @@ def reference(tiny, image, image_uint8, start, t, scheduler_name=None, with_lora
     if with_lora:
         pipe.load_lora_weights(str(tiny / 'lora' / 'a.safetensors'))
         pipe.fuse_lora()
-    net = ControlNetModel.from_pretrained(str(tiny / 'controlnet-canny')) if controlnet else None
+    pipe.to(device)
+    net = ControlNetModel.from_pretrained(str(tiny / 'controlnet-canny')).to(device) if controlnet else None
     u8 = np.pad(image_uint8, ((0, image.shape[-2] - image_uint8.shape[0]), (0, image.shape[-1] - image_uint8.shape[1]),
                               (0, 0)), mode='edge')
-    cond = torch.from_numpy(np.stack([cv2.Canny(u8, 100, 200)] * 3, 0))[None].float() / 255
+    cond = torch.from_numpy(np.stack([cv2.Canny(u8, 100, 200)] * 3, 0))[None].float().to(device) / 255
     steps = 1000 if start - t <= 50 else 100
     with torch.no_grad():
-        emb = pipe.encode_prompt('a photo', 'cpu', 1, False)[0]
-        latents = pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
-        pipe.scheduler.set_timesteps(steps)
+        emb = pipe.encode_prompt('a photo', device, 1, False)[0]
+        latents = pipe.vae.encode(image.to(device)).latent_dist.mode() * pipe.vae.config.scaling_factor
+        pipe.scheduler.set_timesteps(steps)  # the schedule stays on the CPU, as before
         timesteps, _ = pipe.get_timesteps(steps, start / 1000, 'cpu')  # diffusers' img2img start
         timesteps = [ts for ts in timesteps if ts >= t]
-        noise = torch.randn((1, *latents.shape[1:]), generator=torch.Generator().manual_seed(0))
+        noise = torch.randn((1, *latents.shape[1:]), generator=torch.Generator().manual_seed(0)).to(device)
         x = pipe.scheduler.add_noise(latents, noise, timesteps[0].reshape(1))
 
         def residuals(inp, ts):
@@ -55,37 +58,40 @@ def reference(tiny, image, image_uint8, start, t, scheduler_name=None, with_lora
     return [out[n] for n in reversed(TAPS)], [int(s) for s in timesteps]
 
 
+@pytest.mark.device
 @pytest.mark.parametrize('start, scheduler', [(60, None), (130, 'DDIMScheduler')])
-def test_denoising_from_equals_diffusers_img2img_steps(tiny, image, image_uint8, start, scheduler):
+def test_denoising_from_equals_diffusers_img2img_steps(tiny, image, image_uint8, start, scheduler, device, dtype):
     branch = dict(name='denoised', loras=[lora(tiny, 'a')], controlnets=[canny_net(tiny)], denoising_from=start)
-    m = build(backbone_cfg(tiny, timestep=50, denoising_scheduler=scheduler,
-                           branches=[dict(name='plain'), branch, dict(branch, name='twin')]))
-    ours = m.extract(image)
-    ref, timesteps = reference(tiny, padded(image), image_uint8, start, 50, scheduler)
+    m = build(backbone_cfg(tiny, timestep=50, denoising_scheduler=scheduler, dtype=dtype,
+                           branches=[dict(name='plain'), branch, dict(branch, name='twin')])).to(device)
+    ours = m.extract(image.to(device))
+    ref, timesteps = reference(tiny, padded(image), image_uint8, start, 50, scheduler, device=device)
     assert m.plans[1].steps == tuple(timesteps[:-1]) and m.timesteps[1] == timesteps[-1]
     assert len(timesteps) > 2  # several steps were run
     for level, r in enumerate(crop(ref, image)):
-        torch.testing.assert_close(ours[level][1], r, atol=1e-4, rtol=1e-3)
-        torch.testing.assert_close(ours[level][2], ours[level][1])  # the batched twin
+        assert_features_close(ours[level][1], r, dtype, atol=1e-4, rtol=1e-3)
+        assert_features_close(ours[level][2], ours[level][1], dtype)  # the batched twin
     assert (ours[0][1] - ours[0][0]).abs().max() > 1e-2
 
 
-def test_euler_denoising_equals_diffusers_img2img_steps(tiny, image, image_uint8):
+@pytest.mark.device
+def test_euler_denoising_equals_diffusers_img2img_steps(tiny, image, image_uint8, device, dtype):
     """Euler (SDXL's default): its step() refuses Python int timesteps (before the fix it raised
     there), it scales the model input and noises from its begin index, which PNDM and DDIM do not."""
     m = build(backbone_cfg(tiny, timestep=50, denoising_from=60, denoising_scheduler='EulerDiscreteScheduler',
-                           amalgamation=None))
-    ours = m.extract(image)
+                           amalgamation=None, dtype=dtype)).to(device)
+    ours = m.extract(image.to(device))
     ref, timesteps = reference(tiny, padded(image), image_uint8, 60, 50, 'EulerDiscreteScheduler', with_lora=False,
-                               controlnet=False)
+                               controlnet=False, device=device)
     assert m.plans[0].steps == tuple(timesteps[:-1]) and m.timesteps == [timesteps[-1]] and len(timesteps) > 2
     for level, r in enumerate(crop(ref, image)):
-        torch.testing.assert_close(ours[level][0], r, atol=1e-4, rtol=1e-3)
+        assert_features_close(ours[level][0], r, dtype, atol=1e-4, rtol=1e-3)
 
 
-def test_denoising_is_deterministic_in_eval_and_checked(tiny, image):
-    m = build(backbone_cfg(tiny, noise='gate', denoising_from=60, amalgamation=None)).eval()
-    a, b = m.extract(image), m.extract(image)
+@pytest.mark.device
+def test_denoising_is_deterministic_in_eval_and_checked(tiny, image, device, dtype):
+    m = build(backbone_cfg(tiny, noise='gate', denoising_from=60, amalgamation=None, dtype=dtype)).to(device).eval()
+    a, b = m.extract(image.to(device)), m.extract(image.to(device))
     assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
     with pytest.raises(ValueError, match="noise='none'"):
         build(backbone_cfg(tiny, noise='none', denoising_from=60, amalgamation=None))

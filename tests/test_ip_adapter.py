@@ -1,10 +1,10 @@
 """IP-Adapter branches: equal diffusers' pipeline pieces (load_ip_adapter, the input's image embeddings,
-set_ip_adapter_scale); branches without it are unchanged by its presence."""
+set_ip_adapter_scale); branches without it are unchanged by its presence. The comparisons are marked ``device`` (docs/gpu.md)."""
 import pytest
 import torch
 from PIL import Image
 
-from conftest import backbone_cfg, build, lora
+from conftest import assert_features_close, backbone_cfg, build, lora
 from test_features_match_diffusers import TAPS, crop, padded
 
 
@@ -13,17 +13,19 @@ def ip(tiny, scale=0.7):
                 image_encoder=str(tiny / 'ip-adapter' / 'image_encoder'), scale=scale)
 
 
-def reference(tiny, image, image_uint8, scale, folder=None):
+def reference(tiny, image, image_uint8, scale, folder=None, device='cpu'):
+    """diffusers' pipeline with the IP-Adapter, fp32 on ``device`` (the seeded noise drawn on the CPU, moved)."""
     from diffusers import StableDiffusionPipeline
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny / 'sd'), safety_checker=None)
     pipe.load_ip_adapter(str(folder or tiny / 'ip-adapter'), subfolder='', weight_name='ip-adapter_tiny.safetensors',
                          image_encoder_folder='image_encoder')
     pipe.set_ip_adapter_scale(scale)
+    pipe.to(device)
     with torch.no_grad():
-        embeds = pipe.prepare_ip_adapter_image_embeds(Image.fromarray(image_uint8), None, 'cpu', 1, False)
-        emb = pipe.encode_prompt('a photo', 'cpu', 1, False)[0]
-        latents = pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
-        noise = torch.randn((1, *latents.shape[1:]), generator=torch.Generator().manual_seed(0))
+        embeds = pipe.prepare_ip_adapter_image_embeds(Image.fromarray(image_uint8), None, device, 1, False)
+        emb = pipe.encode_prompt('a photo', device, 1, False)[0]
+        latents = pipe.vae.encode(image.to(device)).latent_dist.mode() * pipe.vae.config.scaling_factor
+        noise = torch.randn((1, *latents.shape[1:]), generator=torch.Generator().manual_seed(0)).to(device)
         noisy = pipe.scheduler.add_noise(latents, noise, torch.tensor([50]))
         modules = dict(pipe.unet.named_modules())
         out = {}
@@ -35,20 +37,22 @@ def reference(tiny, image, image_uint8, scale, folder=None):
 
 
 @pytest.fixture(scope='module')
-def with_ip(tiny):
-    return build(backbone_cfg(tiny, branches=[dict(name='plain'), dict(name='ip', ip_adapters=[ip(tiny)]),
-                                              dict(name='lora', loras=[lora(tiny, 'a')])]))
+def with_ip(tiny, device, dtype):
+    return build(backbone_cfg(tiny, dtype=dtype, branches=[dict(name='plain'), dict(name='ip', ip_adapters=[ip(tiny)]),
+                                                           dict(name='lora', loras=[lora(tiny, 'a')])])).to(device)
 
 
-def test_ip_adapter_branch_equals_diffusers(tiny, image, image_uint8, with_ip):
+@pytest.mark.device
+def test_ip_adapter_branch_equals_diffusers(tiny, image, image_uint8, with_ip, device, dtype):
     assert with_ip.branch_groups == [[0, 2], [1]]  # IP-Adapter scales differ: a call of its own
-    ours = with_ip.extract(image)
-    for level, r in enumerate(crop(reference(tiny, padded(image), image_uint8, 0.7), image)):
-        torch.testing.assert_close(ours[level][1], r, atol=1e-4, rtol=1e-3)
+    ours = with_ip.extract(image.to(device))
+    for level, r in enumerate(crop(reference(tiny, padded(image), image_uint8, 0.7, device=device), image)):
+        assert_features_close(ours[level][1], r, dtype, atol=1e-4, rtol=1e-3)
     assert (ours[0][1] - ours[0][0]).abs().max() > 1e-3  # the image prompt changed the features
 
 
-def test_image_processor_is_sized_to_its_image_encoder(tiny, tmp_path, image, image_uint8):
+@pytest.mark.device
+def test_image_processor_is_sized_to_its_image_encoder(tiny, tmp_path, image, image_uint8, device, dtype):
     """diffusers' load_ip_adapter sizes the CLIPImageProcessor to the encoder's config.image_size: an
     encoder of 96 px (not the default processor's 224) gets 96 px inputs and equals diffusers (before
     the fix the encoder refused the 224 px input)."""
@@ -56,20 +60,23 @@ def test_image_processor_is_sized_to_its_image_encoder(tiny, tmp_path, image, im
     _save_ip_adapter(tiny / 'sd', tmp_path, seed=11, encoder_cfg=dict(TINY_IMAGE_ENCODER, image_size=96))
     adapter = dict(path=str(tmp_path / 'ip-adapter_tiny.safetensors'), image_encoder=str(tmp_path / 'image_encoder'),
                    scale=0.7)
-    m = build(backbone_cfg(tiny, amalgamation=None, branches=[dict(name='ip', ip_adapters=[adapter])]))
-    ours = m.extract(image)
-    for level, r in enumerate(crop(reference(tiny, padded(image), image_uint8, 0.7, tmp_path), image)):
-        torch.testing.assert_close(ours[level][0], r, atol=1e-4, rtol=1e-3)
+    m = build(backbone_cfg(tiny, amalgamation=None, dtype=dtype,
+                           branches=[dict(name='ip', ip_adapters=[adapter])])).to(device)
+    ours = m.extract(image.to(device))
+    for level, r in enumerate(crop(reference(tiny, padded(image), image_uint8, 0.7, tmp_path, device=device), image)):
+        assert_features_close(ours[level][0], r, dtype, atol=1e-4, rtol=1e-3)
     assert [p.crop_size for p in m.ip.image_processors] == [dict(height=96, width=96)]
 
 
-def test_other_branches_are_unchanged_by_an_ip_adapter(tiny, image, with_ip):
-    ours = with_ip.extract(image)
-    plain = build(backbone_cfg(tiny, branches=[dict(name='plain'), dict(name='lora', loras=[lora(tiny, 'a')])]))
-    theirs = plain.extract(image)
+@pytest.mark.device
+def test_other_branches_are_unchanged_by_an_ip_adapter(tiny, image, with_ip, device, dtype):
+    ours = with_ip.extract(image.to(device))
+    plain = build(backbone_cfg(tiny, dtype=dtype, branches=[dict(name='plain'),
+                                                            dict(name='lora', loras=[lora(tiny, 'a')])])).to(device)
+    theirs = plain.extract(image.to(device))
     for level in range(3):
-        torch.testing.assert_close(ours[level][0], theirs[level][0], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(ours[level][2], theirs[level][1], atol=1e-5, rtol=1e-4)
+        assert_features_close(ours[level][0], theirs[level][0], dtype, atol=1e-5, rtol=1e-4)
+        assert_features_close(ours[level][2], theirs[level][1], dtype, atol=1e-5, rtol=1e-4)
 
 
 def test_ip_adapter_and_denoising_are_in_the_checkpoint_provenance(tiny, with_ip):

@@ -1,7 +1,11 @@
 """Exact --resume (RandomStateHook) on a toy mmengine run, in process and in about a second: the
 model draws from torch's, numpy's and Python's generators in training, validation draws from
 torch's in the middle of it. The shipped configs killed with SIGKILL: test_tools_e2e.py (GATE, one
-and two processes) and test_lora.py (LoRA training)."""
+and two processes) and test_lora.py (LoRA training).
+
+Marked ``device`` (docs/gpu.md): mmengine's Runner trains on the GPU whenever one is visible; with ``--device
+cuda`` the tests also check that the checkpoints carry the CUDA generators' states, which the toy model's noise
+and dropout draw from there."""
 import io
 import random
 import shutil
@@ -111,10 +115,21 @@ def uninterrupted(tmp_path_factory):
     return wd, ckpt, log
 
 
-def test_resumed_toy_run_is_exact(uninterrupted, tmp_path):
+def check_device(saved, device):
+    """On ``--device cuda``: the run trained there (mmengine's Runner picks the GPU) and saved its generators."""
+    if device.type == 'cuda':
+        from mmengine.device import get_device
+        assert get_device() == 'cuda', 'mmengine does not train on the GPU here'
+        cuda = saved['ranks'][0].get('cuda')
+        assert cuda and len(cuda) == torch.cuda.device_count(), 'the CUDA generators are not in the checkpoint'
+
+
+@pytest.mark.device
+def test_resumed_toy_run_is_exact(uninterrupted, tmp_path, device):
     wd, full, _ = uninterrupted
     saved = load_runner_checkpoint(str(wd / 'iter_3.pth'))[CHECKPOINT_KEY]
     assert saved['world_size'] == 1 and len(saved['ranks']) == 1
+    check_device(saved, device)
     buf = io.BytesIO()
     torch.save(saved, buf)
     buf.seek(0)
@@ -130,13 +145,15 @@ def test_resumed_toy_run_is_exact(uninterrupted, tmp_path):
     assert len(differing(full, plain)) > 0
 
 
-def test_resumed_epoch_based_run_is_exact(tmp_path):
+@pytest.mark.device
+def test_resumed_epoch_based_run_is_exact(tmp_path, device):
     # an epoch loop resumes at the next epoch without replaying batches: numpy's state (the
     # augmentation's) comes back from the checkpoint too; validation after epoch 2
     full, _ = train(tmp_path / 'full', 'e_full', [RandomStateHook()], by_epoch=True, val_interval=2)
     resumed, log = train(tmp_path / 'resumed', 'e_resumed', [RandomStateHook()], by_epoch=True, val_interval=2,
                          resume_from=tmp_path / 'full' / 'epoch_1.pth')
     assert 'random state restored' in log and differing(full, resumed) == []
+    check_device(load_runner_checkpoint(str(tmp_path / 'full' / 'epoch_1.pth'))[CHECKPOINT_KEY], device)
     plain, _ = train(tmp_path / 'plain', 'e_plain', [], by_epoch=True, val_interval=2,
                      resume_from=tmp_path / 'full' / 'epoch_1.pth')
     assert len(differing(full, plain)) > 0
