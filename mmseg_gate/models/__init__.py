@@ -3,7 +3,9 @@ from .backbone import GATE_TAPS, GATEDiffusionBackbone
 from .cached_segmentor import CachedFeatureEncoderDecoder, CachedFeaturePreprocessor
 from .conditions import CONDITIONS, canny
 from .pixel_classifier import PixelClassifierHead
+from .pyramid import SDXL_VPD_TAPS, VPD_TAPS, VPDPyramid
 from .segmentor import CaptionEncoderDecoder
 
 __all__ = ['Amalgamation', 'GATEDiffusionBackbone', 'GATE_TAPS', 'CONDITIONS', 'canny', 'CaptionEncoderDecoder',
-           'CachedFeatureEncoderDecoder', 'CachedFeaturePreprocessor', 'PixelClassifierHead']
+           'CachedFeatureEncoderDecoder', 'CachedFeaturePreprocessor', 'PixelClassifierHead', 'VPD_TAPS',
+           'SDXL_VPD_TAPS', 'VPDPyramid']

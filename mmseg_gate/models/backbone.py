@@ -25,8 +25,10 @@ from .ip_adapter import IPAdapters
 from .massive_activations import TokenNormalizer
 from .noise import NoisePolicy
 from .prompts import BranchPrompts
+from .pyramid import VPDPyramid
 from .quantization import describe as describe_quantization
 from .quantization import quantization_config
+from .scene_prompts import split_class_ids
 from .stable_diffusion import FrozenStableDiffusion, find_modules, resolve_dtype, run_until_taps
 from .taps import feed_forwards_tapped, plan_levels, probe_taps, to_feature_map
 
@@ -168,6 +170,13 @@ class GATEDiffusionBackbone(BaseModule):
             ``dict(type='BitsAndBytesConfig', load_in_4bit=True, ...)`` or ``dict(type='TorchAoConfig',
             quant_type='Int8WeightOnlyConfig')`` (:mod:`.quantization`; FLUX.1 on a 24 GB card). LoRA adapters stay in
             ``dtype``.
+        pyramid: ``'vpd'`` or ``dict(type='vpd', fmap_border=(1, 1))``: the four levels at strides 8/16/32/64
+            of mmseg's ``VPDDepthHead`` (taps ``VPD_TAPS``/``SDXL_VPD_TAPS``, a missing 1/64 pooled from 1/32;
+            DiTs: with a ``MultiLevelNeck``), kept on the input's grid padded to 64; inputs whose padding is not
+            ``fmap_border`` (the head's) cells of 32 are refused (:mod:`.pyramid`).
+        prompt_classes: scene names in class-id order, or an mmseg dataset class (``'NYUDataset'``): branch
+            prompts with ``{}`` become per-scene prompts, encoded at build and chosen per image by the class ids
+            ``DepthEstimator`` passes (it does when ``class_embed_select``, set then; :mod:`.scene_prompts`).
         hub_kwargs: extra ``from_pretrained`` kwargs (``revision``, ``local_files_only``, ...).
     """
 
@@ -204,6 +213,8 @@ class GATEDiffusionBackbone(BaseModule):
                  drop_text_encoders: Sequence[str] = (),
                  guidance: float | None = None,
                  quantization: dict | None = None,
+                 pyramid: str | dict | None = None,
+                 prompt_classes: str | Sequence[str] | None = None,
                  hub_kwargs: dict | None = None,
                  init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
@@ -217,6 +228,10 @@ class GATEDiffusionBackbone(BaseModule):
             raise ValueError('taps is empty: name at least one UNet module, e.g. GATE_TAPS')
         if feed_forward_chunks < 1:  # before the weights load, not after
             raise ValueError(f'feed_forward_chunks={feed_forward_chunks}: use 1 (off) or more pieces')
+        self.pyramid = VPDPyramid.build(pyramid)
+        if self.pyramid is not None and unet_input_scale is not None:
+            raise ValueError(f"pyramid='vpd' keeps the levels on the input's padded grid; unet_input_scale="
+                             f'{unet_input_scale} resizes it: resize in the data pipeline instead')
         self.specs = parse_branches(branches, prompt)
         self.timestep = int(timestep)
         self.timesteps = [self.timestep if s.timestep is None else s.timestep for s in self.specs]
@@ -246,7 +261,8 @@ class GATEDiffusionBackbone(BaseModule):
         denoiser_config = sd.denoiser_config() if sd.family.name == 'sdxl' else None  # SGM-named SDXL LoRAs need it
         for target in sd.text_encoders:
             self.adapters.load(sd.text_encoders[target], target, denoiser_config)
-        self.prompts = BranchPrompts(sd, self.specs, self.adapters)
+        self.prompts = BranchPrompts(sd, self.specs, self.adapters, prompt_classes)
+        self.class_embed_select = self.prompts.scenes is not None  # DepthEstimator then passes (img, class ids)
         if not keep_text_encoder:
             sd.release_text_encoder()
         sd.load_denoiser()
@@ -291,6 +307,8 @@ class GATEDiffusionBackbone(BaseModule):
         else:
             self.amalgamation = Amalgamation(in_channels, len(self.specs), **amalgamation)
             self.out_channels = self.amalgamation.out_channels
+        if self.pyramid is not None:  # VPDDepthHead's four levels: a missing 1/64 is pooled from 1/32
+            self.out_channels, self.strides = self.pyramid.plan(self.out_channels, self.strides)
 
     # ----------------------------------------------------------------- build helpers
     @property
@@ -367,8 +385,9 @@ class GATEDiffusionBackbone(BaseModule):
             p.requires_grad_(False)
         self._active_adapters = key
 
-    def extract(self, img: torch.Tensor) -> list[list[torch.Tensor]]:
-        """Raw SD features: ``out[level][branch]`` as float32 ``[B, C, ceil(H/s), ceil(W/s)]``.
+    def extract(self, img: torch.Tensor, class_ids: torch.Tensor | None = None) -> list[list[torch.Tensor]]:
+        """Raw SD features: ``out[level][branch]`` as float32 ``[B, C, ceil(H/s), ceil(W/s)]`` (``pyramid``:
+        the grid of the input padded to 64); ``class_ids``: each image's scene (``prompt_classes``).
 
         Runs without gradients and outside any autocast region (``--amp``): the frozen parts compute
         in their own dtype, whatever the trainable parts use.
@@ -376,16 +395,20 @@ class GATEDiffusionBackbone(BaseModule):
         check_finite_images(img)  # a NaN pixel would reach every branch and, through BatchNorm, the whole batch
         with torch.no_grad(), torch.autocast(img.device.type, enabled=False):
             try:
-                return self._extract(img)
+                return self._extract(img, class_ids)
             finally:
                 self.heap.stop()
 
-    def _extract(self, img: torch.Tensor) -> list[list[torch.Tensor]]:
+    def _extract(self, img: torch.Tensor, class_ids: torch.Tensor | None = None) -> list[list[torch.Tensor]]:
         sd, timed = self.sd, self.stage_timer or no_timer
         with timed('vae'):
             # checks the shape first: a clear error, not a failed unpacking
-            x, pixels = prepare_images(img, self.mean, self.std, self.unet_input_scale, sd.pad_multiple)
+            pad_multiple = sd.pad_multiple if self.pyramid is None else self.pyramid.pad_multiple(sd.pad_multiple)
+            x, pixels = prepare_images(img, self.mean, self.std, self.unet_input_scale, pad_multiple)
             b, _, h, w = img.shape
+            if self.pyramid is not None:  # the levels keep the padded grid, which the head's border must cut
+                self.pyramid.check_input(h, w)
+                h, w = self.pyramid.grid(h, w)
             self.heap.start(x, sd.vae)
             self.heap.release()
             mean, std = sd.encode_posterior(x)
@@ -404,7 +427,7 @@ class GATEDiffusionBackbone(BaseModule):
                 image_embeds = [e.to(sd.dtype) for e in self.ip.image_embeds(pixels[..., :sd_h, :sd_w])]
         inputs = []
         for branch, (latents, t, level) in enumerate(zip(noisy, self.timesteps, noise_levels)):
-            text, text_key = self.prompts.branch_condition(branch, b)
+            text, text_key = self.prompts.branch_condition(branch, b, class_ids)
             inputs.append(BranchInput(latents, torch.full((b,), sd.family.model_timestep(level), device=x.device),
                                       text.to(sd.dtype), (id(latents), t, text_key), image_embeds))
         del noisy
@@ -481,8 +504,11 @@ class GATEDiffusionBackbone(BaseModule):
             outs.append(self.attention.collect(tuple(s * self.sd.vae_scale_factor for s in latents.shape[-2:])))
         return [[o[j * b:(j + 1) * b] for o in outs] for j in range(n)]
 
-    def forward(self, img: torch.Tensor) -> list[torch.Tensor]:
-        feats = self.extract(img)
-        if self.amalgamation is None:
-            return [level[0] for level in feats]
-        return self.amalgamation(feats)
+    def forward(self, img: torch.Tensor | tuple) -> list[torch.Tensor]:
+        img, class_ids = split_class_ids(img)  # DepthEstimator's (img, class ids) when class_embed_select
+        if class_ids is not None and not self.class_embed_select:
+            raise ValueError('class ids were given but no branch prompt is a per-scene template: set '
+                             "prompt_classes and a prompt with {}, e.g. 'a photo of a {}'")
+        feats = self.extract(img, class_ids)
+        out = [level[0] for level in feats] if self.amalgamation is None else self.amalgamation(feats)
+        return out if self.pyramid is None else self.pyramid.extend(out, self.strides)

@@ -2,7 +2,8 @@
 
 Each distinct (prompt, text-encoder adapters) pair is encoded once and kept as non-persistent
 buffers (they move with the model, stay out of checkpoints); the text encoders can then be released.
-Per-image prompts (captions) are encoded per forward and kept in a bounded cache.
+Per-image prompts (captions) are encoded per forward and kept in a bounded cache. With ``class_names``,
+branch prompts with ``{}`` are per-scene templates, chosen per image by class id (:mod:`.scene_prompts`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from .branches import AdapterRegistry, BranchSpec
 from .families import TextCondition
+from .scene_prompts import ScenePrompts, scene_names
 
 PROMPT_CACHE_SIZE = 1024  # per-image prompts kept encoded: a dataset's captions would not fit
 
@@ -24,9 +26,12 @@ class BranchPrompts(nn.Module):
         sd: the frozen SD stack with its text encoders still loaded.
         specs: the branches.
         adapters: the LoRA adapters, loaded into the text encoders already.
+        class_names: scene names (or an mmseg dataset class name) that fill ``{}`` in branch prompts; those
+            branches follow the class ids given to :meth:`branch_condition` (:class:`ScenePrompts`).
     """
 
-    def __init__(self, sd, specs: Sequence[BranchSpec], adapters: AdapterRegistry) -> None:
+    def __init__(self, sd, specs: Sequence[BranchSpec], adapters: AdapterRegistry,
+                 class_names: str | Sequence[str] | None = None) -> None:
         super().__init__()
         object.__setattr__(self, 'sd', sd)  # not a submodule: the backbone owns the frozen stack
         self.specs, self.adapters = specs, adapters
@@ -43,6 +48,8 @@ class BranchPrompts(nn.Module):
                 self.register_buffer(f'pooled_{keys[key]}', cond.pooled, persistent=False)
                 self.register_buffer(f'mask_{keys[key]}', cond.mask, persistent=False)  # PixArt's T5 mask
             self.branch_prompt.append(keys[key])
+        self.scenes = None if class_names is None else ScenePrompts(specs, scene_names(class_names), self._encode,
+                                                                     self._key)
 
     def _key(self, spec: BranchSpec, prompt: str) -> tuple:
         """What an encoding depends on: the prompt and the text-encoder adapters with their scales."""
@@ -73,8 +80,12 @@ class BranchPrompts(nn.Module):
                                'keep_text_encoder=True')
         self._image_prompts = list(prompts) if prompts is not None else None
 
-    def branch_condition(self, branch: int, batch: int) -> tuple[TextCondition, object]:
-        """The branch's condition for this batch and a hashable key of what it encodes."""
+    def branch_condition(self, branch: int, batch: int,
+                         class_ids: torch.Tensor | None = None) -> tuple[TextCondition, object]:
+        """The branch's condition for this batch and a hashable key of what it encodes; per-scene branches
+        follow ``class_ids`` (their mean without), before any per-image prompt."""
+        if self.scenes is not None and branch in self.scenes:
+            return self.scenes.condition(branch, class_ids, batch)
         spec, index = self.specs[branch], self.branch_prompt[branch]
         prompts, fixed = self._image_prompts, self.fixed(index)
         if prompts is None or spec.own_prompt or all(p is None for p in prompts):
