@@ -72,6 +72,25 @@ class ConsoleProgress(Hook):
                   f'({time.perf_counter() - self.start:.0f} s)', file=self.stream, flush=True)
 
 
+@contextlib.contextmanager
+def output_to(log: str):
+    """Send everything written to stdout and stderr (Python's, C libraries', handlers bound at import time)
+    to ``log``; yield a stream to the console."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    console = os.fdopen(os.dup(saved[0]), 'w', buffering=1)
+    with open(log, 'w') as out:
+        try:
+            os.dup2(out.fileno(), 1), os.dup2(out.fileno(), 2)
+            yield console
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            console.close()
+
+
 def build_config(args, data: Path) -> Config:
     cfg = Config.fromfile(args.config)
     options = dict(sd_path=str(data / 'tiny_sd' / 'sd'), controlnet_path=str(data / 'tiny_sd' / 'controlnet-canny'),
@@ -107,9 +126,8 @@ def main() -> None:
           + (f'; OMP_NUM_THREADS={omp} does not apply' if omp and omp.strip() != str(threads) else '') + ')')
     os.makedirs(args.work_dir, exist_ok=True)
     log = osp.join(args.work_dir, 'demo.log')
-    console = sys.stdout
     print(f'training and testing; full log: {log}', flush=True)
-    with open(log, 'w') as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+    with output_to(log) as console:
         configure_threads(threads, reason='the demo\'s fixed count')  # into the log
         data = Path(args.data_dir)
         make_tiny_sd(data / 'tiny_sd')
