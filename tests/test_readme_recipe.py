@@ -5,6 +5,7 @@ import shutil
 import sys
 
 import pytest
+from mmengine.config import Config
 
 from test_lora import merged  # noqa: F401  (fixture: the tiny base with a LoCon merged, as one .ckpt)
 from test_tools_e2e import REPO, SHORT, run, workspace  # noqa: F401  (workspace: a fixture)
@@ -30,6 +31,11 @@ def test_readme_recipe_runs_on_the_tiny_assets(workspace, merged):  # noqa: F811
              'data/ade/ADEChallengeData2016': 'data/demo/ADEChallengeData2016',
              'downloads/lora2a.ckpt': str(merged / 'merged.ckpt'), 'downloads/lora2b.ckpt': str(merged / 'merged.ckpt'),
              'iter_80000.pth': 'iter_2.pth', 'python tools/': f'{sys.executable} {REPO}/tools/'}
+    # the recipe writes the LoRAs where configs/gate_ade20k.py reads them: no LoRA options on its train and test
+    gate = Config.fromfile(str(REPO / 'configs/gate_ade20k.py'))
+    gate_loras = {k: gate[k] for k in ('lora_a', 'lora_b')}
+    assert gate_loras == {'lora_a': 'work_dirs/lora_ade20k_a/lora.safetensors',
+                          'lora_b': 'work_dirs/lora_ade20k_b/lora.safetensors'}
     commands = recipe_commands()
     assert len(commands) == 7, commands  # caption, 2 LoRA trainings, 2 extractions, train, test
     ran = {}  # swapped command with LoRA b's paths read as a's -> LoRA a's output path
@@ -48,8 +54,9 @@ def test_readme_recipe_runs_on_the_tiny_assets(workspace, merged):  # noqa: F811
         args = shlex.split(command)
         if 'lora_tiny' in command:  # a few iterations: the LoRA test checks the training itself
             args += ['--cfg-options', 'train_cfg.max_iters=4', 'default_hooks.checkpoint.interval=4']
-        elif 'train.py' in command:
-            args += SHORT  # appended to the command's --cfg-options
+        elif 'gate_tiny_ade20k' in command:  # the tiny config reads the tiny LoRAs: give it configs/gate_ade20k.py's
+            args += ['--cfg-options', *(f'{k}={v}' for k, v in gate_loras.items())]
+            args += SHORT if 'train.py' in command else []
         if 'caption.py' in command:
             args += ['--max-new-tokens', '4']
         _, out = run(workspace, *args)
