@@ -69,5 +69,5 @@ def test_segment_your_own_image_runs(tiny, tmp_path):
     done = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / 'outputs' / 'vis' / 'photo.jpg').is_file()
-    pred = cv2.imread(str(tmp_path / 'outputs' / 'pred' / 'photo.png'), cv2.IMREAD_UNCHANGED)
+    pred = cv2.imread(str(tmp_path / 'outputs' / 'pred' / '00000000_pred.png'), cv2.IMREAD_UNCHANGED)
     assert pred.shape == (120, 160)  # class ids at the photo's size
