@@ -261,3 +261,16 @@ def test_demo_summary_and_the_same_miou_whatever_omp_num_threads(tiny, tmp_path)
     assert 'OMP_NUM_THREADS=1 does not apply' in outputs['1']
     miou = {k: re.search(r'^mIoU: ([\d.]+)', v, re.M).group(1) for k, v in outputs.items()}
     assert miou[None] == miou['1'], miou
+
+
+def test_lora_log_line_says_what_a_missing_target_means(tiny, tmp_path, capsys):
+    """A LoRA without text-encoder layers used to log "-> text_encoder adapter 'a': False", read as a failure."""
+    from safetensors.torch import load_file, save_file
+    from conftest import backbone_cfg, build
+    path = tmp_path / 'unet_only_lora.safetensors'
+    save_file({k: v for k, v in load_file(str(tiny / 'lora' / 'a.safetensors')).items()
+               if not k.startswith(('text_encoder', 'lora_te'))}, str(path))
+    build(backbone_cfg(tiny, branches=[dict(name='x', loras=[dict(path=str(path))])]))
+    out = capsys.readouterr().out
+    assert f'LoRA {path} -> text_encoder: no text_encoder layers (nothing loaded there)' in out
+    assert f"LoRA {path} -> unet: adapter " in out and ': False' not in out

@@ -8,7 +8,6 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 import torch
 from mmseg.registry import HOOKS
-from torch import nn
 
 from ..utils.finite import NonFiniteError, check_finite_images
 from ..utils.mmcv_ops import check_mmcv_cuda_ops

@@ -227,7 +227,8 @@ class AdapterRegistry:
                 if target not in targets:  # the file is read once per target: the text-encoder passes
                     # run before the UNet is loaded, and holding the parsed files in between costs memory
                     targets[target] = load_lora_adapter(model, lora.path, name, target, self.family, unet_config)
-                    print_log(f'LoRA {lora.path} -> {target} adapter {name!r}: {targets[target]}', 'current')
+                    found = f'adapter {name!r}' if targets[target] else f'no {target} layers (nothing loaded there)'
+                    print_log(f'LoRA {lora.path} -> {target}: {found}', 'current')
                 if lora.path not in self.sha256:
                     self.sha256[lora.path] = file_sha256(lora.path)
 
