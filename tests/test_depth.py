@@ -378,5 +378,5 @@ def test_swap_of_mmseg_vpd_config_trains_with_mmseg_own_train_tool(nyu_workspace
     _, out = run(ws, sys.executable, str(mmseg_train), config('depth/swap_vpd_sd_nyu.py'),
                  '--work-dir', str(ws / 'work_dirs' / 'swap'), '--cfg-options', *(f'{k}={v}' for k, v in options.items()))
     metrics = depth_metrics(out)
-    assert 0 < metrics['d1'] <= 1 and metrics['rmse'] > 0
+    assert 0 <= metrics['d1'] <= 1 and 0 < metrics['rmse'] < 10  # two steps from a random head: any δ1
     assert (ws / 'work_dirs' / 'swap' / 'iter_2.pth').exists()

@@ -8,8 +8,9 @@ applies. The scene (one of ``NYUDataset``'s 27 names) is the file name's prefix,
 one training image has a name it does not know (id -1).
 
 Each picture is a box-shaped room seen from inside (floor, ceiling, walls, back wall) with a few boxes
-standing on the floor; the room's depth range depends on the scene, and the colours darken and textures
-shrink with depth, so depth is learnable from the image (and a broken pipeline does not learn it).
+standing on the floor; the room's depth range depends on the scene, the brightness falls with depth (each
+surface has its own hue) and textures shrink with it, so depth is learnable from the image (and a broken
+pipeline does not learn it).
 """
 from __future__ import annotations
 
@@ -49,9 +50,10 @@ def _room(rng: np.random.Generator, h: int, w: int, far: float) -> tuple[np.ndar
         depth[box], surface[box] = z, 3
     base = np.array([[150, 150, 160], [90, 170, 200], [200, 190, 180], [60, 90, 190]], np.float64)
     base += rng.normal(0, 12, base.shape)
-    img = base[surface] * np.clip(1.25 - depth[..., None] / 10, 0.3, 1.2)  # nearer is brighter
+    tint = base / base.mean(1, keepdims=True)  # each surface's hue, all of one brightness
+    img = tint[surface] * 235 * np.clip(1.1 - depth[..., None] / 9, 0.1, 1.0)  # nearer is brighter: 1 m 232, 9 m 23
     stripes = np.sign(np.sin((xx if rng.random() < 0.5 else yy) * 0.6 / np.maximum(depth, 0.5)))
-    img += 14 * stripes[..., None] + rng.normal(0, 3, img.shape)  # texture shrinks with depth
+    img += 10 * stripes[..., None] + rng.normal(0, 3, img.shape)  # texture shrinks with depth
     return np.clip(img, 0, 255).astype(np.uint8), depth
 
 
