@@ -231,6 +231,10 @@ def test_depth_head_check_names_the_values_to_set(tiny, registered):
     model = MODELS.build(cfg.model)
     with pytest.raises(ValueError, match=re.escape('Set model.decode_head.in_channels=[32, 64, 64, 64].')):
         check_depth_head(model)
+    swap = Config.fromfile(config('depth/swap_vpd_sd_nyu.py'))  # VPD's SD1.5 channels, the tiny UNet's folder
+    swap.model.backbone.pretrained = str(tiny / 'sd')
+    with pytest.raises(ValueError, match=re.escape('Set model.decode_head.in_channels=[32, 64, 64, 64].')):
+        check_depth_config(swap)  # before the build: from the folder's unet/config.json
     cfg.model.test_cfg.mode = 'slide'
     cfg.test_evaluator.depth_metrics = ['rmse']
     with pytest.raises(ValueError, match="(?s)mode='slide': mmseg 1.2.2's DepthEstimator then runs whole-image.*"

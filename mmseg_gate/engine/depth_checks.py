@@ -129,7 +129,8 @@ def check_depth_head(segmentor: Any) -> None:
 
 def check_depth_config(cfg) -> None:
     """Raise before the model is built if a config's ``VPDDepthHead`` disagrees with a GATE backbone's pyramid,
-    or with itself (channels, ``feature_dim``); the built model is checked again by :func:`check_depth_head`."""
+    its channels (where the config and a local ``unet/config.json`` tell them), the test mode and metric mmseg
+    mishandles, or itself (``feature_dim``); the built model is checked again by :func:`check_depth_head`."""
     model = cfg.get('model') if hasattr(cfg, 'get') else None
     head = model.get('decode_head') if isinstance(model, dict) else None
     if not isinstance(head, dict) or not _is_depth_head(head):
@@ -138,10 +139,15 @@ def check_depth_config(cfg) -> None:
     backbone = model.get('backbone') or {}
     gate = str(backbone.get('type', '')).split('.')[-1] == 'GATEDiffusionBackbone'
     pyramid = VPDPyramid.build(backbone.get('pyramid')) if gate else False
+    out = None
+    if gate and pyramid and not model.get('neck'):  # whole-block UNet taps of a local folder: their channels
+        from .heads import expected_out_channels
+        out = expected_out_channels(backbone)
+        out = out + out[-1:] if out is not None and len(out) == 3 else out  # the pooled 1/64 level
     evaluators = [(k, cfg.get(k)) for k in ('val_evaluator', 'test_evaluator')]
     problems = depth_estimator_problems(model.get('test_cfg'), evaluators)
     _raise(problems + depth_head_problems(list(values['in_channels']), values['fmap_border'], values['embed_dim'],
-                                          values['feature_dim'], None, None, 'the backbone', pyramid))
+                                          values['feature_dim'], out, None, 'the backbone', pyramid))
 
 
 __all__ = ['check_depth_head', 'check_depth_config', 'depth_head_problems', 'depth_estimator_problems']
