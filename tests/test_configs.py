@@ -13,7 +13,7 @@ CONFIGS = sorted(p for p in (REPO / 'configs').rglob('*.py') if '_base_' not in 
 def test_config_parses(path):
     cfg = Config.fromfile(str(path))
     assert cfg.model.type in ('EncoderDecoder', 'CaptionEncoderDecoder', 'StableDiffusionLoRA',
-                              'CachedFeatureEncoderDecoder')
+                              'CachedFeatureEncoderDecoder', 'DepthEstimator')
 
 
 def test_tiny_sdxl_demo_head_matches_its_backbone(tiny):

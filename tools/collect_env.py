@@ -114,6 +114,23 @@ def check_numpy() -> Result:
     return Result('OK', 'numpy', f'numpy {numpy} (< 2.4, as cityscapesscripts needs)')
 
 
+def check_albumentations() -> Result:
+    """mmseg's NYU depth pipeline (configs/depth/) runs albumentations through its Albu transform."""
+    fix = f'pip install -c {LOCK.relative_to(REPO)} albumentations'
+    version = _version('albumentations')
+    if version is None:
+        return Result('WARN', 'albumentations', "not installed: mmseg's NYU depth pipeline (Albu, configs/depth/) "
+                      'fails', fix)
+    try:
+        import numpy as np
+        from mmseg.datasets.transforms import Albu
+        Albu(transforms=[dict(type=t) for t in ('RandomBrightnessContrast', 'RandomGamma', 'HueSaturationValue')])(
+            dict(img=np.zeros((8, 8, 3), np.uint8)))
+    except Exception as error:  # noqa: BLE001
+        return Result('FAIL', 'albumentations', f"albumentations {version}: mmseg's Albu fails: "
+                      f'{type(error).__name__}: {error}', fix)
+    return Result('OK', 'albumentations', f"albumentations {version} (mmseg's NYU Albu transforms run)")
+
 def check_mmcv_ops() -> Result:
     try:
         import mmcv
@@ -248,14 +265,14 @@ def environment_report() -> tuple[list[tuple[str, str]], Result]:
     except Exception as error:  # noqa: BLE001
         info, result = [], Result('FAIL', 'mmseg collect_env', f'{type(error).__name__}: {error}', RESYNC)
     info += [(p, _version(p) or 'not installed') for p in ('diffusers', 'transformers', 'peft', 'accelerate',
-                                                          'safetensors', 'numpy', 'mmseg-gate')]
+                                                          'safetensors', 'numpy', 'albumentations', 'mmseg-gate')]
     return info, result
 
 
 def run_checks(configs: tuple[str, ...] = DEFAULT_CONFIGS) -> tuple[list[tuple[str, str]], list[Result]]:
     info, report = environment_report()
     checks: list[Callable[[], Result]] = [check_lock, check_peft, check_numpy, check_mmcv_ops, check_accelerator,
-                                          check_threads, check_package_imports]
+                                          check_threads, check_albumentations, check_package_imports]
     results = [report] + [check() for check in checks] + [check_weights(c) for c in configs]
     return info, results
 

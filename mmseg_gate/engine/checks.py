@@ -12,6 +12,7 @@ from mmseg.registry import HOOKS
 from ..utils.finite import NonFiniteError, check_finite_images
 from ..utils.mmcv_ops import check_mmcv_cuda_ops
 from .checkpointing import choose_resume_checkpoint, make_checkpoints_atomic
+from .depth_checks import check_depth_head
 
 
 def _as_list(value) -> list:
@@ -63,6 +64,7 @@ class GATECheckHook(Hook):
 
     def before_run(self, runner) -> None:
         check_head_channels(runner.model)
+        check_depth_head(runner.model)  # VPDDepthHead: four levels, fmap_border against the backbone's padding
         check_mmcv_cuda_ops(runner.model)  # a CPU-ops mmcv with a head that needs its CUDA kernels
         if self.random_state:
             from .random_state import ensure_random_state_hook

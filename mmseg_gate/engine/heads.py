@@ -240,6 +240,9 @@ def check_model_config(cfg) -> None:
     backbone = model.get('backbone') if isinstance(model, dict) else None
     if not _is_gate_backbone(backbone):
         return
+    if str((model.get('decode_head') or {}).get('type', '')).split('.')[-1] == 'VPDDepthHead':
+        from .depth_checks import check_depth_config
+        return check_depth_config(cfg)  # no in_index: a depth head has rules of its own
     out = expected_out_channels(backbone)
     levels, source = (len(out) if out is not None else expected_levels(backbone)), 'the backbone'
     neck = model.get('neck')

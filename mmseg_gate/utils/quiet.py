@@ -11,6 +11,7 @@ Standard library only: ``mmseg_gate/__init__`` applies it before anything else i
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 
@@ -48,6 +49,7 @@ class DropMessages(logging.Filter):
 
 def quiet_import_noise() -> None:
     """Install the filters of :data:`DROPPED` and :data:`IGNORED_WARNINGS` (idempotent)."""
+    os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # albumentations asks PyPI for updates at import
     for name, patterns in DROPPED.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropMessages) for f in logger.filters):
