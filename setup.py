@@ -4,7 +4,8 @@ setup(
     name='mmseg-gate',
     version='0.1.0',
     description='Stable Diffusion features for MMSegmentation with GATE content-shift suppression',
-    packages=find_packages(include=['mmseg_gate', 'mmseg_gate.*']),
+    # gate_features: the diffusers-side extractor (no mmseg/mmengine/mmcv); mmseg_gate: the mmseg layer over it
+    packages=find_packages(include=['gate_features', 'gate_features.*', 'mmseg_gate', 'mmseg_gate.*']),
     python_requires='>=3.10',
     # Honest ranges for installing into your own environment; `make install` uses the verified stack of
     # requirements/lock.txt instead. torch and mmcv (built from source, tools/install_mmcv.py) come first.

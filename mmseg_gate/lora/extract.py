@@ -51,7 +51,7 @@ def load_models(path: str, base: str, what: str, allow_pickle: bool = False,
     (no download); pickled checkpoints (``.ckpt``/``.pt``) only when ``allow_pickle``.
     """
     from diffusers import AutoencoderKL
-    from ..models.families import detect_family
+    from gate_features.families import detect_family
     family = detect_family(base)
     p = _check_exists(path, what)
     if p.is_dir():

@@ -18,7 +18,7 @@ from mmengine.model import BaseModel, is_model_wrapper
 from mmseg.registry import HOOKS, MODELS
 from torch import nn
 
-from ..models.stable_diffusion import check_weights_location, from_pretrained_or_explain
+from gate_features.frozen_stack import check_weights_location, from_pretrained_or_explain
 from .files import save_lora
 
 #: LoCon's UNet targets: transformer linears (rank) and resnet convolutions (conv rank)
@@ -60,7 +60,7 @@ class StableDiffusionLoRA(BaseModel):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from peft import LoraConfig
         from transformers import CLIPTextModel, CLIPTokenizer
-        from ..models.stable_diffusion import resolve_dtype
+        from gate_features.frozen_stack import resolve_dtype
         check_weights_location(pretrained, 'Stable Diffusion model', ('unet', 'vae', 'text_encoder', 'tokenizer'))
         torch_dtype = resolve_dtype(dtype)
         text = from_pretrained_or_explain(CLIPTextModel.from_pretrained, pretrained, 'Stable Diffusion model',

@@ -9,28 +9,30 @@ import torch
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from ..utils.finite import check_finite_images
-from ..utils.memory import HeapTrimPolicy
-from ..utils.timing import no_timer
+from gate_features.attention_maps import CrossAttentionMaps
+from gate_features.branch_batching import BASE_ADAPTER, lora_layers, mixed_adapter_batch, plan_branch_groups
+from gate_features.branches import AdapterRegistry, parse_branches
+from gate_features.controlnets import (BranchInput, batch_residuals, controlnet_residuals, load_controlnets,
+                                       take_residuals)
+from gate_features.denoising import plan_branches
+from gate_features.families import TextCondition, check_family_options
+from gate_features.frozen_stack import FrozenStableDiffusion, find_modules, resolve_dtype, run_until_taps
+from gate_features.geometry import prepare_images, sd_size, to_input_grid
+from gate_features.inference_blocks import chunk_feed_forward
+from gate_features.ip_adapter import IPAdapters
+from gate_features.massive_activations import TokenNormalizer
+from gate_features.noise import NoisePolicy
+from gate_features.prompts import BranchPrompts
+from gate_features.pyramid import VPDPyramid
+from gate_features.quantization import describe as describe_quantization
+from gate_features.quantization import quantization_config
+from gate_features.scene_prompts import split_class_ids
+from gate_features.taps import feed_forwards_tapped, plan_levels, probe_taps, to_feature_map
+from gate_features.utils.finite import check_finite_images
+from gate_features.utils.memory import HeapTrimPolicy
+from gate_features.utils.timing import no_timer
+
 from .amalgamation import Amalgamation
-from .attention_maps import CrossAttentionMaps
-from .branch_batching import BASE_ADAPTER, lora_layers, mixed_adapter_batch, plan_branch_groups
-from .branches import AdapterRegistry, parse_branches
-from .controlnets import BranchInput, batch_residuals, controlnet_residuals, load_controlnets, take_residuals
-from .denoising import plan_branches
-from .families import TextCondition, check_family_options
-from .geometry import prepare_images, sd_size, to_input_grid
-from .inference_blocks import chunk_feed_forward
-from .ip_adapter import IPAdapters
-from .massive_activations import TokenNormalizer
-from .noise import NoisePolicy
-from .prompts import BranchPrompts
-from .pyramid import VPDPyramid
-from .quantization import describe as describe_quantization
-from .quantization import quantization_config
-from .scene_prompts import split_class_ids
-from .stable_diffusion import FrozenStableDiffusion, find_modules, resolve_dtype, run_until_taps
-from .taps import feed_forwards_tapped, plan_levels, probe_taps, to_feature_map
 
 #: outputs of the upsamplers of the first three up blocks (paper, Sec. 4): 1/32, 1/16, 1/8 for SD1.5
 GATE_TAPS = ('up_blocks.0.upsamplers.0', 'up_blocks.1.upsamplers.0', 'up_blocks.2.upsamplers.0')
