@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Sequence
 
@@ -15,12 +14,13 @@ import torch
 from torch import nn
 
 from .attention_maps import CrossAttentionMaps
-from .branch_batching import BASE_ADAPTER, lora_layers, mixed_adapter_batch, plan_branch_groups
+from .branch_batching import lora_layers, plan_branch_groups
 from .branches import AdapterRegistry, parse_branches
-from .controlnets import BranchInput, batch_residuals, controlnet_residuals, load_controlnets, take_residuals
+from .controlnets import BranchInput, controlnet_residuals, load_controlnets, take_residuals
+from .denoiser_passes import DenoiserPasses
 from .denoising import plan_branches
-from .families import TextCondition, check_family_options
-from .frozen_stack import FrozenStableDiffusion, find_modules, resolve_dtype, run_until_taps
+from .families import check_family_options
+from .frozen_stack import FrozenStableDiffusion, find_modules, resolve_dtype
 from .geometry import prepare_images, sd_size, to_input_grid
 from .inference_blocks import chunk_feed_forward
 from .ip_adapter import IPAdapters
@@ -30,7 +30,7 @@ from .prompts import BranchPrompts
 from .pyramid import VPDPyramid
 from .quantization import describe as describe_quantization
 from .quantization import quantization_config
-from .taps import feed_forwards_tapped, plan_levels, probe_taps, tappable_modules, to_feature_map
+from .taps import feed_forwards_tapped, plan_levels, tappable_modules, to_feature_map
 from .utils.finite import check_finite_images
 from .utils.memory import HeapTrimPolicy
 from .utils.timing import no_timer
@@ -67,7 +67,7 @@ def known_keywords(init=None, *, passes_to=None):
     return checked
 
 
-class GATEFeatures(nn.Module):
+class GATEFeatures(DenoiserPasses, nn.Module):
     """Diffusion features of several branches, with GATE's content-shift suppression: the extractor.
 
     The frozen denoiser is a UNet (SD1.x/2.x, SDXL) or a diffusion transformer (SD3/SD3.5, PixArt-Sigma/
@@ -316,34 +316,6 @@ class GATEFeatures(nn.Module):
         """The names of :meth:`forward`'s features: the taps, then ``'attention'`` with ``attention=``."""
         return [*self.taps, *(['attention'] if self.attention is not None else [])]
 
-    # ----------------------------------------------------------------- build helpers
-    @property
-    def _exit_modules(self) -> list:
-        """The modules whose outputs end the denoiser pass: the taps, and the attention-map layers."""
-        return self.tap_modules + ([] if self.attention is None else self.attention.layer_modules)
-
-    @torch.no_grad()
-    def _probe_taps(self):
-        """One tiny denoiser pass on a non-square input to learn each tap's channels, stride and kind."""
-        sd = self.sd
-        m = sd.latent_multiple  # a 2m x 3m latent: 2x3 of the UNet's deepest cells, or 2x3 DiT patches
-        # seeded noise: also the calibration input of drop_channels='auto'
-        latents = torch.randn(1, sd.latent_channels, 2 * m, 3 * m,
-                              generator=torch.Generator().manual_seed(0)).to(sd.dtype)
-        image_hw = (2 * m * sd.vae_scale_factor, 3 * m * sd.vae_scale_factor)
-        self._set_adapters(())
-        kwargs = sd.condition_kwargs(self.prompts.fixed(0).to(sd.dtype), image_hw)
-        if self.ip is not None:
-            self.ip.set_scales(tuple(0.0 for _ in self.ip.paths))
-            kwargs = self.ip.with_image_embeds(kwargs, [self.ip.zero_embeds(1, latents)])
-        t = torch.tensor([sd.family.model_timestep(self._noise_level(self.timestep, image_hw))])
-        hidden, grid_kwargs = sd.denoiser_input(latents)
-        outs = run_until_taps(sd.denoiser, self._exit_modules, hidden, timestep=t, return_dict=False,
-                              select=sd.family.image_output, **kwargs, **grid_kwargs)
-        self.token_normalizer.calibrate(outs[:len(self.taps)])
-        taps = probe_taps(self.taps, outs[:len(self.taps)], image_hw)
-        return taps if self.attention is None else [*taps, self.attention.select(image_hw)]
-
     # ----------------------------------------------------------------- nn.Module plumbing
     def _apply(self, fn, recurse: bool = True):
         self.sd._apply(fn)  # device/dtype moves reach the hidden frozen stack too
@@ -376,21 +348,6 @@ class GATEFeatures(nn.Module):
         self.prompts.set_prompts(prompts)
 
     # ----------------------------------------------------------------- forward
-    def _set_adapters(self, key: tuple) -> None:
-        """Switch the shared denoiser to the adapters ``key`` = ((name, scale), ...); no-op if already set."""
-        if key == self._active_adapters or not self.adapters.names:
-            self._active_adapters = key
-            return
-        denoiser = self.sd.denoiser
-        if key:
-            denoiser.enable_lora()
-            denoiser.set_adapters([n for n, _ in key], weights=[s for _, s in key])
-        else:
-            denoiser.disable_lora()
-        for p in self._lora_params:  # peft marks active adapters trainable; they are frozen here
-            p.requires_grad_(False)
-        self._active_adapters = key
-
     def extract(self, img: torch.Tensor, class_ids: torch.Tensor | None = None) -> list[list[torch.Tensor]]:
         """Raw features by level: ``out[level][branch]`` as float32 ``[B, C, ceil(H/s), ceil(W/s)]`` (``pyramid``:
         the grid of the input padded to 64); ``class_ids``: each image's scene (``prompt_classes``).
@@ -488,56 +445,6 @@ class GATEFeatures(nn.Module):
                                   condition_kwargs)
             for branch, branch_outs in zip(group, outs):  # a group's outputs become maps before the next group runs
                 collect(branch, branch_outs, sd_hw, h, w)
-
-    def _noise_level(self, timestep: int, image_hw: tuple[int, int]):
-        """The family's noise level of GATE's ``timestep`` for a model input of ``image_hw`` (``sigma=``
-        replaces it on flow-matching families), memoised: the flow mapping builds a schedule."""
-        if self.sigma is not None:
-            return self.sigma
-        key = (timestep, self.sd.seq_len(image_hw))
-        if key not in self._levels:
-            self._levels[key] = self.sd.noise_level(timestep, image_hw)
-        return self._levels[key]
-
-    def _pass(self, group: list[int], parts: list[BranchInput], residuals: list[tuple],
-              condition_kwargs, full: bool = False) -> list[list[torch.Tensor]] | torch.Tensor:
-        """One denoiser call for the branches ``group`` (their inputs ``parts``), stopped after the last tap:
-        their tap outputs; ``full``: the whole forward, its prediction.
-
-        ``residuals``: the group's ControlNet residuals, handed over (see :func:`take_residuals`).
-        """
-        n, b = len(group), parts[0].noisy.shape[0]
-        down, mid = batch_residuals(residuals)
-        keys = [self.adapter_keys[i] for i in group]
-        adapters = tuple(dict.fromkeys(kv for key in keys for kv in key))
-        self._set_adapters(adapters)
-        batch = contextlib.nullcontext()
-        if n > 1 and adapters:
-            batch = mixed_adapter_batch(self._lora_layers, [key[0][0] if key else BASE_ADAPTER
-                                                            for key in keys for _ in range(b)])
-        text = TextCondition.cat([p.text for p in parts])
-        latents = torch.cat([p.noisy for p in parts])
-        timesteps = torch.cat([p.timestep for p in parts])
-        hidden, grid_kwargs = self.sd.denoiser_input(latents)
-        kwargs = {**condition_kwargs(text), **grid_kwargs}
-        if self.ip is not None:
-            self.ip.set_scales(self.ip.branch_scales[group[0]])
-            kwargs = self.ip.with_image_embeds(kwargs, [p.image_embeds for p in parts])
-        if full:
-            with batch:
-                return self.sd.denoiser(hidden, timestep=timesteps, down_block_additional_residuals=down,
-                                        mid_block_additional_residual=mid, return_dict=False, **kwargs)[0]
-        with batch:
-            if down is not None or mid is not None:
-                kwargs.update(self.sd.family.residual_kwargs(self.sd.denoiser, down, mid))
-            outs = run_until_taps(self.sd.denoiser, self._exit_modules, hidden, timestep=timesteps, return_dict=False,
-                                  select=self.sd.family.tap_select(self.sd.denoiser, down), **kwargs)
-        outs = outs[:len(self.taps)]
-        if self.token_normalizer.active:
-            outs = [self.token_normalizer(i, o) for i, o in enumerate(outs)]
-        if self.attention is not None:
-            outs.append(self.attention.collect(tuple(s * self.sd.vae_scale_factor for s in latents.shape[-2:])))
-        return [[o[j * b:(j + 1) * b] for o in outs] for j in range(n)]
 
 
 
