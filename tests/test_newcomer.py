@@ -263,14 +263,16 @@ def test_demo_summary_and_the_same_miou_whatever_omp_num_threads(tiny, tmp_path)
     assert miou[None] == miou['1'], miou
 
 
-def test_lora_log_line_says_what_a_missing_target_means(tiny, tmp_path, capsys):
+def test_lora_log_line_says_what_a_missing_target_means(tiny, tmp_path, monkeypatch):
     """A LoRA without text-encoder layers used to log "-> text_encoder adapter 'a': False", read as a failure."""
     from safetensors.torch import load_file, save_file
     from conftest import backbone_cfg, build
     path = tmp_path / 'unet_only_lora.safetensors'
     save_file({k: v for k, v in load_file(str(tiny / 'lora' / 'a.safetensors')).items()
                if not k.startswith(('text_encoder', 'lora_te'))}, str(path))
+    lines = []
+    monkeypatch.setattr('mmengine.logging.print_log', lambda msg, *a, **k: lines.append(msg))
     build(backbone_cfg(tiny, branches=[dict(name='x', loras=[dict(path=str(path))])]))
-    out = capsys.readouterr().out
+    out = '\n'.join(lines)
     assert f'LoRA {path} -> text_encoder: no text_encoder layers (nothing loaded there)' in out
     assert f"LoRA {path} -> unet: adapter " in out and ': False' not in out

@@ -29,7 +29,7 @@ def main() -> None:
                         help="optional text encoders not to load, as the backbone's drop_text_encoders= "
                              "(text_encoder_3: SD3's T5-XXL, 4.7 B parameters)")
     args = parser.parse_args()
-    configure_threads()  # OMP_NUM_THREADS, else torch's default within the CPUs this process may use
+    configure_threads(log=False)  # OMP_NUM_THREADS, else torch's default within the CPUs (stdout is the table)
     taps = [t for t in tappable_modules(args.pretrained, tuple(args.size), unet=args.unet,
                                              drop_text_encoders=tuple(args.drop_text_encoders)) if args.grep in t.name]
     h, w = args.size
