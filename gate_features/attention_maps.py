@@ -30,6 +30,8 @@ class _MapProcessor(AttnProcessor):
         super().__init__()
         self.name, self.sink = name, sink
 
+    # eager even inside a compiled block (compile_denoiser): dynamo mistraces the patched method's removal below
+    @torch.compiler.disable
     def __call__(self, attn, hidden_states, *args, **kwargs):
         scores = attn.get_attention_scores
 

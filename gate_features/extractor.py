@@ -30,6 +30,7 @@ from .prompts import BranchPrompts
 from .pyramid import VPDPyramid
 from .quantization import describe as describe_quantization
 from .quantization import quantization_config
+from .speed_levers import SpeedLevers
 from .taps import feed_forwards_tapped, plan_levels, tappable_modules, to_feature_map
 from .utils.finite import check_finite_images
 from .utils.memory import HeapTrimPolicy
@@ -154,9 +155,15 @@ class GATEFeatures(DenoiserPasses, nn.Module):
             batch where their LoRA adapters allow it (peft mixed-adapter batches): faster, same
             features; the UNet activations of those branches are held together.
         compile: ``torch.compile`` the VAE encoder and the ControlNets (``True``, or a dict of
-            ``torch.compile`` kwargs such as ``dict(mode='max-autotune')``). The UNet stays eager:
-            its adapters switch and its forward stops early, which would recompile or break graphs.
+            ``torch.compile`` kwargs such as ``dict(mode='max-autotune')``); the denoiser: ``compile_denoiser``.
             The first forward pays the compilation (about 30 s for SD1.5's VAE on a CPU).
+        compile_denoiser: ``True`` or a dict of ``torch.compile`` kwargs: regional compilation of the denoiser's
+            repeated blocks (diffusers' ``compile_repeated_blocks``), which keeps the early exit and the adapter
+            switches working (:mod:`.speed_levers`). Off by default: unmeasured on GPUs.
+        channels_last: UNet families: the denoiser's and ControlNets' weights in channels_last (cuDNN skips its
+            layout transposes; slower on CPU). Off by default.
+        sdpa_backends: the SDPA kernels torch may use, in order of preference (``('flash', 'efficient')``;
+            also ``'cudnn'``, ``'math'``); ``None``: torch's choice. Off by default.
         feed_forward_chunks: split the feed-forward of the UNet's transformer blocks with 1024 or
             more tokens (SD1.5: the 1/8 and 1/16 levels at 512x512) into this many pieces along the
             tokens: the batched branches' largest activation shrinks accordingly (same speed on CPU,
@@ -212,6 +219,9 @@ class GATEFeatures(DenoiserPasses, nn.Module):
                  keep_text_encoder: bool = False,
                  batch_branches: bool = True,
                  compile: bool | dict = False,
+                 compile_denoiser: bool | dict = False,
+                 channels_last: bool = False,
+                 sdpa_backends: Sequence[str] | None = None,
                  feed_forward_chunks: int = 4,
                  release_cpu_memory: bool = True,
                  vae: str | None = None,
@@ -234,6 +244,7 @@ class GATEFeatures(DenoiserPasses, nn.Module):
         if feed_forward_chunks < 1:  # before the weights load, not after
             raise ValueError(f'feed_forward_chunks={feed_forward_chunks}: use 1 (off) or more pieces')
         self.pyramid = VPDPyramid.build(pyramid)
+        self.levers = SpeedLevers(compile, compile_denoiser, channels_last, sdpa_backends)
         if self.pyramid is not None and unet_input_scale is not None:
             raise ValueError(f"pyramid='vpd' keeps the levels on the input's padded grid; unet_input_scale="
                              f'{unet_input_scale} resizes it: resize in the data pipeline instead')
@@ -259,6 +270,7 @@ class GATEFeatures(DenoiserPasses, nn.Module):
             if not 0 <= t < steps:
                 raise ValueError(f'timestep={t} (branch {spec.name!r}) is outside [0, {steps})')
         check_family_options(sd.family, self.specs, denoising_from, attention, sigma, token_norm, drop_channels)
+        self.levers.check_family(sd.family)
         self.img2img, self.plans, self.timesteps = plan_branches(sd, self.specs, self.timesteps, denoising_from,
                                                                  denoising_scheduler, self.noise_policy.mode)
         self.sigma = None if sigma is None else float(sigma)
@@ -287,8 +299,6 @@ class GATEFeatures(DenoiserPasses, nn.Module):
         if sd.family.chunkable_feed_forwards:
             chunk_feed_forward(sd.denoiser, int(feed_forward_chunks),
                                exclude=feed_forwards_tapped(sd.denoiser, self.taps))
-        if compile:
-            sd.compile_static_parts(**(compile if isinstance(compile, dict) else {}))
         # per branch its denoiser adapters as ((adapter name, scale), ...)
         self.adapter_keys = [tuple(zip(*self.adapters.of(spec, sd.family.denoiser))) for spec in self.specs]
         self.batch_branches = batch_branches
@@ -304,6 +314,7 @@ class GATEFeatures(DenoiserPasses, nn.Module):
         #: channels of each level (before any amalgamation): the input channels of what follows
         self.level_channels = [sum(self.tap_info[i].channels for i in level) for level in self.levels]
         self.strides = [self.tap_info[level[0]].stride for level in self.levels]
+        self.levers.apply(sd)  # after the probe: its odd-sized input would be one more compiled graph
 
     @classmethod
     def from_pretrained(cls, pretrained: str, **kwargs) -> 'GATEFeatures':
@@ -390,7 +401,7 @@ class GATEFeatures(DenoiserPasses, nn.Module):
     def _run(self, img: torch.Tensor, class_ids, collect) -> None:
         """The extraction; ``collect(branch, tap outputs, SD input size, h, w)`` takes each branch's outputs."""
         check_finite_images(img)  # a NaN pixel would reach every branch and, through BatchNorm, the whole batch
-        with torch.no_grad(), torch.autocast(img.device.type, enabled=False):
+        with torch.no_grad(), torch.autocast(img.device.type, enabled=False), self.levers.context(img.device):
             try:
                 self._extract(img, class_ids, collect)
             finally:

@@ -82,6 +82,8 @@ class DenoiserFamily:
     lora_kinds: tuple[str, ...] = ('unet',)
     #: classes of the blocks whose outputs ``token_norm='adaln'`` modulates (:meth:`block_modulation`)
     adaln_blocks: tuple[str, ...] = ()
+    #: classes ``compile_denoiser`` compiles where the diffusers class names none (its ``_repeated_blocks``)
+    repeated_blocks: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ folders
     def matches(self, components: dict) -> bool:

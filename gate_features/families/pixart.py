@@ -29,6 +29,7 @@ class PixArtSigmaFamily(DiTFamily):
     controlnet_class = None  # diffusers has no PixArt ControlNet model
     text_encoders = {'text_encoder': 'tokenizer'}
     adaln_blocks = ('BasicTransformerBlock',)
+    repeated_blocks = adaln_blocks  # diffusers 0.42's class names none
 
     def text_encoder_class(self, attribute: str):
         from transformers import T5EncoderModel

@@ -33,6 +33,7 @@ class StableDiffusion3Family(DiTFamily):
     lora_text_encoders_only = ('text_encoder', 'text_encoder_2')  # SD3LoraLoaderMixin: no T5 layers
     lora_kinds = ('sd3', 'transformer')
     adaln_blocks = ('JointTransformerBlock',)
+    repeated_blocks = adaln_blocks  # diffusers 0.42's class names none
     flow_matching = True
 
     def matches(self, components: dict) -> bool:

@@ -17,7 +17,9 @@ from ..utils.files import file_sha256
 
 #: backbone options that do not change the features (or are trained on top of them): left out of the hash
 NOT_FEATURE_KEYS = frozenset({'amalgamation', 'init_cfg', 'compile', 'feed_forward_chunks', 'release_cpu_memory',
-                              'batch_branches', 'keep_text_encoder', 'hub_kwargs'})
+                              'batch_branches', 'keep_text_encoder', 'hub_kwargs',
+                              # the speed levers: float order only (equal within 1e-4, tests/test_speed_levers.py)
+                              'compile_denoiser', 'channels_last', 'sdpa_backends'})
 #: model-folder files up to this size are hashed when the cache is made; larger ones are only hashed when the hub
 #: cache names their sha256 for free (its blobs), else recorded by size and modification time (SD1.5's UNet is
 #: 3.4 GB: hashing every model folder on every run would cost more than a small cache's extraction)
