@@ -214,42 +214,16 @@ def test_missing_data_root_fails_fast(workspace):
     assert code != 0 and "data_root='data/nowhere' does not exist" in out
 
 
-KILL_HOOK = '''"""Test helper: SIGKILL this process right after training iteration N (and its checkpoint)."""
-import os
-import signal
-
-from mmengine.hooks import Hook
-from mmseg.registry import HOOKS
-
-
-@HOOKS.register_module()
-class KillAfterIteration(Hook):
-    priority = 'LOWEST'  # after CheckpointHook
-
-    def __init__(self, iteration):
-        self.iteration = iteration
-
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        if runner.iter + 1 == self.iteration:
-            os.kill(os.getpid(), signal.SIGKILL)
-'''
-
-
 def killed_config(ws, base, iteration):
-    """``base`` plus a hook that SIGKILLs each training process after ``iteration`` (its own hooks kept);
-    run it with :func:`kill_env`."""
+    """``base`` plus a hook that SIGKILLs each training process after ``iteration`` (its own hooks kept)."""
     from mmengine.config import Config
-    (ws / 'kill_after.py').write_text(KILL_HOOK)
     hooks = Config.fromfile(base).to_dict().get('custom_hooks', [])
     path = ws / f'{Path(base).stem}_killed_after_{iteration}.py'
     path.write_text(f"_base_ = [{base!r}]\n"
-                    "custom_imports = dict(imports=['mmseg_gate', 'kill_after'], allow_failed_imports=False)\n"
+                    "custom_imports = dict(imports=['mmseg_gate', 'mmseg_gate.testing.fault_hooks'], "
+                    "allow_failed_imports=False)\n"
                     f"custom_hooks = {hooks + [dict(type='KillAfterIteration', iteration=iteration)]!r}\n")
     return str(path)
-
-
-def kill_env(ws):
-    return {'PYTHONPATH': os.pathsep.join(filter(None, [str(ws), os.environ.get('PYTHONPATH')]))}
 
 
 def logged_losses(log):
@@ -303,7 +277,7 @@ def kill_then_resume(ws, base, part, kill_after, options, processes=None):
         launch = ['bash', tool('dist_train.sh'), cfg, str(processes)] if processes else [sys.executable, tool('train.py'), cfg]
         env = {**(env or {}), **({'PORT': str(free_port())} if processes else {})}
         return run(ws, *launch, '--work-dir', str(part), *args, '--cfg-options', *options, env=env, check=check)
-    code, killed_log = train(killed_config(ws, base, kill_after), env=kill_env(ws), check=False)
+    code, killed_log = train(killed_config(ws, base, kill_after), check=False)
     killed = 'Signal 9 (SIGKILL) received' in killed_log if processes else code == -signal.SIGKILL  # torchrun: 1
     assert killed and f'Iter(train) [{kill_after}/' in killed_log and \
         f'Iter(train) [{kill_after + 1}/' not in killed_log, killed_log[-3000:]

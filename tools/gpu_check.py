@@ -353,10 +353,7 @@ class Check:
 
     # ------------------------------------------------------------------ (d)
     def resume(self, stage: Stage, deadline: float) -> None:
-        hooks = self.ws / 'gpu_check_hooks.py'
-        hooks.write_text(HOOKS_MODULE)
-        env = dict(PYTHONPATH=os.pathsep.join(filter(None, [str(self.ws), os.environ.get('PYTHONPATH')])),
-                   CUBLAS_WORKSPACE_CONFIG=':4096:8')  # what torch's deterministic mode needs for cuBLAS
+        env = dict(CUBLAS_WORKSPACE_CONFIG=':4096:8')  # what torch's deterministic mode needs for cuBLAS
         options = self.train_options(5, 2) + ['randomness.deterministic=True', 'randomness.seed=0']
         attempts = {}
         for mode in ('strict', 'warn_only'):
@@ -453,37 +450,6 @@ class Check:
 
 
 # ---------------------------------------------------------------------------------------------- stage helpers
-HOOKS_MODULE = '''"""tools/gpu_check.py's hooks: SIGKILL after iteration N; deterministic mode with warn_only."""
-import os
-import signal
-
-import torch
-from mmengine.hooks import Hook
-from mmseg.registry import HOOKS
-
-
-@HOOKS.register_module()
-class KillAfterIteration(Hook):
-    priority = 'LOWEST'  # after CheckpointHook
-
-    def __init__(self, iteration):
-        self.iteration = iteration
-
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        if runner.iter + 1 == self.iteration:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-@HOOKS.register_module()
-class DeterministicWarnOnly(Hook):
-    """randomness.deterministic=True, except that ops without a deterministic kernel warn instead of raising."""
-    priority = 'VERY_HIGH'
-
-    def before_run(self, runner):
-        torch.use_deterministic_algorithms(True, warn_only=True)
-'''
-
-
 def fresh(work_dir: Path) -> Path:
     """An empty work dir: an earlier run's checkpoints would be resumed from."""
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -491,12 +457,13 @@ def fresh(work_dir: Path) -> Path:
 
 
 def with_hooks(ws: Path, base, name: str, hooks: list) -> str:
-    """A config: ``base`` plus ``hooks`` (after its own custom hooks), importing gpu_check_hooks."""
+    """A config: ``base`` plus ``hooks`` (after its own custom hooks) from :mod:`mmseg_gate.testing.fault_hooks`."""
     from mmengine.config import Config
     own = Config.fromfile(str(base)).to_dict().get('custom_hooks', [])
     path = ws / f'gpu_check_{name}.py'
     path.write_text(f"_base_ = [{str(base)!r}]\n"
-                    "custom_imports = dict(imports=['mmseg_gate', 'gpu_check_hooks'], allow_failed_imports=False)\n"
+                    "custom_imports = dict(imports=['mmseg_gate', 'mmseg_gate.testing.fault_hooks'], "
+                    "allow_failed_imports=False)\n"
                     f"custom_hooks = {own + hooks!r}\n")
     return str(path)
 
