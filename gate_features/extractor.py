@@ -161,7 +161,7 @@ class GATEFeatures(DenoiserPasses, nn.Module):
             repeated blocks (diffusers' ``compile_repeated_blocks``), which keeps the early exit and the adapter
             switches working (:mod:`.speed_levers`). Off by default: unmeasured on GPUs.
         channels_last: UNet families: the denoiser's and ControlNets' weights in channels_last (cuDNN skips its
-            layout transposes; slower on CPU). Off by default.
+            layout transposes; no faster on CPU). Off by default.
         sdpa_backends: the SDPA kernels torch may use, in order of preference (``('flash', 'efficient')``;
             also ``'cudnn'``, ``'math'``); ``None``: torch's choice. Off by default.
         feed_forward_chunks: split the feed-forward of the UNet's transformer blocks with 1024 or

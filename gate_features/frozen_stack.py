@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import difflib
 import gc
-import itertools
 import os
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +15,7 @@ from .log import print_log
 from .families import TextCondition, detect_family, first_output
 from .flow_matching import image_seq_len
 from .inference_blocks import use_inplace_resnets
+from .utils.memory import to_channels_last
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
@@ -316,11 +316,8 @@ class FrozenStableDiffusion(nn.Module):
         self.vae = self._load_vae()
         self.vae.decoder = None  # features need the encoder only
         # channels_last: oneDNN/cuDNN convolutions skip their layout reorders at full image resolution
-        # (CPU, 512x512: ~8% faster, bit-identical latents). Every tensor is copied, not only the
-        # converted ones: a tensor left in the safetensors file mapping keeps the whole mapping, and
-        # with it the pages of the converted weights, resident (~130 MB for SD's VAE encoder).
-        for t in itertools.chain(self.vae.parameters(), self.vae.buffers()):
-            t.data = t.data.clone(memory_format=torch.channels_last if t.ndim == 4 else torch.contiguous_format)
+        # (CPU, 512x512: ~8% faster, bit-identical latents)
+        to_channels_last(self.vae)
         use_inplace_resnets(self.vae.encoder)  # 3 instead of 4 full-resolution activations at a time
         self.denoiser = self._load_denoiser()
         self.family.check_denoiser(self.denoiser, self.text_dim,

@@ -22,6 +22,9 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from .log import print_log
+from .utils.memory import to_channels_last
+
 #: ``sdpa_backends`` names -> torch's SDPA backends (``torch.nn.attention.SDPBackend``)
 SDPA_BACKENDS = ('flash', 'efficient', 'cudnn', 'math')
 #: how torch says that no allowed SDPA backend runs (CUDA's and CPU's wording)
@@ -75,11 +78,15 @@ class SpeedLevers:
         with its denoiser and ControlNets loaded). State-dict keys and ``.to()`` are unaffected."""
         if self.channels_last:
             for module in (sd.denoiser, *(sd.controlnets or {}).values()):
-                module.to(memory_format=torch.channels_last)
+                to_channels_last(module)
         if self.static_compile_kwargs is not None:
             sd.compile_static_parts(**self.static_compile_kwargs)
+        compiled = 0
         if self.compile_kwargs is not None:
-            compile_repeated_blocks(sd.denoiser, sd.family.repeated_blocks, **self.compile_kwargs)
+            compiled = compile_repeated_blocks(sd.denoiser, sd.family.repeated_blocks, **self.compile_kwargs)
+        if self.describe():  # the first forward pays a compilation: say why it is slow
+            print_log(f'speed levers on: {self.describe()}' + (f' ({compiled} denoiser blocks compiled)' if compiled
+                                                               else ''), 'current')
 
     @contextlib.contextmanager
     def context(self, device: torch.device) -> Iterator[None]:

@@ -232,8 +232,10 @@ def worker(args) -> None:
 
     if device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats()
+    warm = time.perf_counter()
     for _ in range(args.warmup):
         step()
+    warmup_s = time.perf_counter() - warm  # compile=/compile_denoiser= compile here
     timer.ms.clear()
     start = time.perf_counter()
     for _ in range(args.iters):
@@ -242,7 +244,7 @@ def worker(args) -> None:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     numel, nbytes = unique_params(models)
-    result = dict(mode=args.worker, build_s=round(build_s, 2), s_per_iter=elapsed / args.iters,
+    result = dict(mode=args.worker, build_s=round(build_s, 2), warmup_s=warmup_s, s_per_iter=elapsed / args.iters,
                   images_per_s=img.shape[0] * args.iters / elapsed,
                   stages_ms={k: v / args.iters for k, v in timer.ms.items()},
                   frozen_params_m=numel / 1e6, frozen_mb=nbytes / 2 ** 20,
@@ -373,7 +375,8 @@ def report(r: dict) -> None:
     modes = [m for m in ('reference', 'gate') if m in r]
     stages = sorted({s for m in modes for s in r[m]['stages_ms']})
     rows = [(f'{s} ms', [r[m]['stages_ms'].get(s, 0.0) for m in modes]) for s in stages]
-    rows += [('s/iter', [r[m]['s_per_iter'] for m in modes]), ('images/s', [r[m]['images_per_s'] for m in modes]),
+    rows += [('warm-up s', [r[m].get('warmup_s', 0.0) for m in modes]),
+             ('s/iter', [r[m]['s_per_iter'] for m in modes]), ('images/s', [r[m]['images_per_s'] for m in modes]),
              ('peak memory MB', [r[m]['peak_mem_mb'] for m in modes]),
              ('frozen params (M, unique)', [r[m]['frozen_params_m'] for m in modes])]
     if 'trainable_checkpoint_mb' in r.get('gate', {}):

@@ -18,6 +18,8 @@ that would get less than its minimum is skipped for time, and the report says so
                   mode refuses an op, again with torch's warn_only, naming the ops)
   benchmark   (e) tools/benchmark.py, SD1.5-shaped, bf16, 512: extraction batch 1 and a training step batch 2,
                   reference-style against ours
+  levers      (e') the speed levers each alone (compile, compile_denoiser, channels_last, sdpa_backends): warm-up
+                  (compilation) and extraction time batch 1 against the defaults
   flux        (f) FLUX.1-dev-width double and single blocks at 1024 in bf16 and torchao int8 weight-only
                   (tools/benchmark_flux_blocks.py's measurement), with the int8 output error
   report      (g) OUT/gpu_check.json and OUT/gpu_check.md: GPU, driver, versions, every number, what failed,
@@ -88,6 +90,7 @@ def make_stages() -> list[Stage]:
             Stage('ddp', "c'", 'DDP through dist_train.sh, one process (NCCL; gloo on CPUs)', 90, 90, 30),
             Stage('resume', 'd', 'kill and --resume with deterministic=True, weights compared bitwise', 200, 200, 45),
             Stage('benchmark', 'e', 'tools/benchmark.py SD1.5-shaped: extraction b1, training step b2', 300, 150, 40),
+            Stage('levers', "e'", 'speed levers, each alone: extraction b1 (ours)', 240, 120, 40),
             Stage('flux', 'f', 'FLUX.1-width blocks at 1024: bf16 and torchao int8', 150, 90, 20)]
 
 
@@ -397,7 +400,8 @@ class Check:
             raise StageFailed(f'the resumed run ({ran[0]}) logged other losses than the uninterrupted one')
 
     # ------------------------------------------------------------------ (e)
-    def benchmark(self, stage: Stage, deadline: float) -> None:
+    def benchmark_assets(self, stage: Stage, deadline: float) -> None:
+        """Wait for the benchmark weights written in the background since the start."""
         if getattr(self, 'assets_proc', None) is None:
             self.start_benchmark_assets()
         try:
@@ -409,24 +413,50 @@ class Check:
         if rc != 0:
             raise StageFailed(f'writing the benchmark weights failed (exit {rc}): {self.assets_log}\n'
                               + self.assets_log.read_text(errors='replace')[-2500:])
+
+    def benchmark_run(self, stage: Stage, name: str, extra: list, deadline: float) -> dict:
+        """One tools/benchmark.py run (SD1.5-shaped; tiny in a dry run): its summary, with log and command."""
         if self.dry:
             common = ['--preset', 'tiny', '--assets', self.tiny, '--size', '64', '--iters', '1', '--warmup', '0',
                       '--device', 'cpu', '--dtype', 'fp32']
         else:
             common = ['--preset', 'sd15', '--assets', self.args.sd15_assets, '--size', '512', '--iters', '3',
                       '--warmup', '1', '--device', self.device, '--dtype', self.args.dtype]
+        path = self.out / f'benchmark_{name}.json'
+        path.unlink(missing_ok=True)
+        ran = self.run(f'benchmark_{name}', [self.py, TOOLS / 'benchmark.py', *common, *extra, '--json', path],
+                       deadline, cwd=self.ws)
+        return dict(summarize_benchmark(json.loads(path.read_text())), log=str(ran.log),
+                    command='tools/benchmark.py ' + ' '.join(map(str, common + extra)))
+
+    def benchmark(self, stage: Stage, deadline: float) -> None:
+        self.benchmark_assets(stage, deadline)
         runs = {'extract_b1': ['--batch', '1', '--branches', 'gate'],
                 # a dry run times ours only (test_benchmark.py runs the reference's training step): CI's minutes
                 'train_step_b2': ['--batch', '2', '--branches', 'gate', '--train-step']
                 + (['--modes', 'gate'] if self.dry else [])}
         for name, extra in runs.items():
-            path = self.out / f'benchmark_{name}.json'
-            path.unlink(missing_ok=True)
-            ran = self.run(f'benchmark_{name}', [self.py, TOOLS / 'benchmark.py', *common, *extra, '--json', path],
-                           deadline, cwd=self.ws)
-            stage.details[name] = summarize_benchmark(json.loads(path.read_text()))
-            stage.details[name].update(log=str(ran.log),
-                                       command='tools/benchmark.py ' + ' '.join(map(str, common + extra)))
+            stage.details[name] = self.benchmark_run(stage, name, extra, deadline)
+
+    # ------------------------------------------------------------------ (e')
+    def levers(self, stage: Stage, deadline: float) -> None:
+        """Each speed lever alone (gate_features/speed_levers.py), ours only, extraction batch 1: the numbers that
+        decide whether a lever becomes a default. The first run is the defaults; a lever that does not fit in
+        what is left is reported as skipped for time."""
+        self.benchmark_assets(stage, deadline)
+        for name, options in (LEVERS_DRY if self.dry else LEVERS).items():
+            if deadline - time.monotonic() < 20:
+                stage.details[name] = dict(skipped='skipped for time')
+                continue
+            extra = ['--batch', '1', '--branches', 'gate', '--modes', 'gate'] + (
+                ['--gate-options', *options] if options else [])
+            try:
+                stage.details[name] = self.benchmark_run(stage, f'lever_{name}', extra, deadline)['gate']
+            except (StageFailed, StageTimeout) as error:
+                stage.details[name] = dict(failed=str(error).splitlines()[0][:300])
+        failed = [k for k, v in stage.details.items() if isinstance(v, dict) and 'failed' in v]
+        if failed:
+            raise StageFailed(f'speed levers failed: {failed}')
 
     # ------------------------------------------------------------------ (f)
     def flux(self, stage: Stage, deadline: float) -> None:
@@ -450,6 +480,13 @@ class Check:
 
 
 # ---------------------------------------------------------------------------------------------- stage helpers
+#: (e') the speed levers, each alone, as ``--gate-options`` (the dry run: dynamo's eager backend, no inductor build)
+LEVERS = {'defaults': [], 'compile': ['compile=True'], 'compile_denoiser': ['compile_denoiser=True'],
+          'channels_last': ['channels_last=True'], 'sdpa_flash_efficient': ['sdpa_backends=flash,efficient']}
+LEVERS_DRY = {'defaults': [], 'compile': ["compile={'backend': 'eager'}"],
+              'compile_denoiser': ["compile_denoiser={'backend': 'eager'}"], 'channels_last': ['channels_last=True'],
+              'sdpa_flash_math': ['sdpa_backends=flash,math']}
+
 def fresh(work_dir: Path) -> Path:
     """An empty work dir: an earlier run's checkpoints would be resumed from."""
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -546,7 +583,7 @@ def junit(path: Path) -> dict:
 
 
 def summarize_benchmark(r: dict) -> dict:
-    keep = ('s_per_iter', 'images_per_s', 'peak_mem_mb', 'frozen_params_m', 'trainable_checkpoint_mb', 'stages_ms')
+    keep = ('warmup_s', 's_per_iter', 'images_per_s', 'peak_mem_mb', 'frozen_params_m', 'trainable_checkpoint_mb', 'stages_ms')
     out = {mode: {k: r[mode][k] for k in keep if k in r[mode]} for mode in ('reference', 'gate') if mode in r}
     out.update({k: r[k] for k in ('speedup', 'mem_ratio', 'max_abs_diff', 'max_abs_feature') if k in r})
     return out
@@ -736,6 +773,17 @@ def markdown(data: dict) -> str:
                              f"{_fmt(r.get('speedup', '-'))} | {_fmt(r.get('mem_ratio', '-'))} | "
                              f"{_fmt(r.get('max_abs_diff', '-'))} |")
         lines.append('')
+    d = by.get('levers', {}).get('details') or {}
+    if d:
+        base = (d.get('defaults') or {}).get('s_per_iter')
+        lines += ["## (e') Speed levers, each alone (extraction batch 1, ours)", '',
+                  '| lever | warm-up s | s/iteration | vs defaults | peak MB | note |', '|---|---|---|---|---|---|']
+        for name, m in d.items():
+            ratio = base / m['s_per_iter'] if base and m.get('s_per_iter') else None
+            lines.append(f"| {name} | {_fmt(m.get('warmup_s', '-'))} | {_fmt(m.get('s_per_iter', '-'))} | "
+                         f"{_fmt(ratio) + 'x' if ratio else '-'} | {_fmt(m.get('peak_mem_mb', '-'))} | "
+                         f"{m.get('skipped') or m.get('failed') or ''} |")
+        lines.append('')
     d = by.get('flux', {}).get('details') or {}
     if d.get('measured'):
         lines += ['## (f) FLUX.1 blocks', '', f"width {d['setup']['width']}, {d['setup']['text_tokens']} text tokens; "
@@ -812,7 +860,7 @@ def main(argv=None) -> int:
     try:
         if budget.left() > 0:
             check.workspace()
-            if not args.stages or 'benchmark' in args.stages.split(','):
+            if not args.stages or {'benchmark', 'levers'} & set(args.stages.split(',')):
                 check.start_benchmark_assets()
         setup['workspace_s'] = round(time.monotonic() - t_ws, 1)
     except Exception as error:  # noqa: BLE001

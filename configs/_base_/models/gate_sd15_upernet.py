@@ -22,6 +22,8 @@ model = dict(
         prompt='',
         branches=[dict(name='basic')],
         # noise='gate' (default): fresh noise per branch and step in training, seeded per branch in eval
+        # speed levers, off until measured on a GPU (docs/gpu.md): compile=True, compile_denoiser=True,
+        # channels_last=True, sdpa_backends=('flash', 'efficient'); try with --cfg-options model.backbone.<lever>=...
         # the authors' effective amalgamation: refiners x + n*b (their zero-initialised ResBlocks),
         # one weight assigner per level shared by the branches, nn.Dropout() = 0.5
         amalgamation=dict(refiner='bias', refine_blocks=4, fuse_blocks=2, shared_assigner=True,
