@@ -131,13 +131,13 @@ def test_gpu_check_dry_run(tiny, tiny_dit, tmp_path):
     bench = stages['benchmark']['details']
     assert bench['extract_b1']['max_abs_diff'] < 1e-4 and bench['extract_b1']['speedup'] > 0
     assert bench['train_step_b2']['gate']['images_per_s'] > 0  # ours only in a dry run
-    levers = stages['levers']['details']
+    levers = stages['levers']['details']['runs']
     assert set(levers) == set(gpu_check.LEVERS_DRY) and all(m['s_per_iter'] > 0 for m in levers.values()), levers
     flux = stages['flux']['details']
     assert set(flux['measured']) == {'bf16', 'int8'} and flux['int8_weight_type'] == 'Int8Tensor'
     assert all(e < 0.1 for e in flux['int8_error'].values())
     md = (out / 'gpu_check.md').read_text()
     for heading in ('## Stages', '## (b) Device selection', '## (c) Training', '## (d) Kill and resume',
-                    '## (e) tools/benchmark.py', "## (e') Speed levers", '## (f) FLUX.1 blocks'):
+                    '## (e) tools/benchmark.py', '## (f) FLUX.1 blocks', "## (f') Speed levers"):
         assert heading in md
     print(f'gpu_check --dry-run: {wall:.0f} s; stages ' + ', '.join(f"{n} {s['wall_s']} s" for n, s in stages.items()))
