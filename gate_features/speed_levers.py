@@ -110,7 +110,8 @@ class SpeedLevers:
     def describe(self) -> dict:
         """The levers that are on (logs, reports)."""
         out = dict(compile=self.static_compile_kwargs, compile_denoiser=self.compile_kwargs,
-                   channels_last=self.channels_last or None, sdpa_backends=self.sdpa_backends and list(self.sdpa_backends))
+                   channels_last=self.channels_last or None,
+                   sdpa_backends=self.sdpa_backends and list(self.sdpa_backends))
         return {k: v for k, v in out.items() if v is not None}
 
 

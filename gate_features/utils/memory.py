@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import itertools
 
 import torch
 
@@ -12,7 +13,6 @@ import torch
 GLIBC_MAX_MMAP_THRESHOLD = 32 << 20
 
 
-@functools.lru_cache(maxsize=None)
 def to_channels_last(module: torch.nn.Module) -> None:
     """``module``'s 4-D weights in channels_last, every other tensor copied as it is.
 
@@ -21,11 +21,11 @@ def to_channels_last(module: torch.nn.Module) -> None:
     ``module.to(memory_format=...)`` gave a 9.2 GB peak, this 7.5 GB, unconverted 6.1 GB: the copy is made while the
     loaded weights still exist).
     """
-    import itertools
     for t in itertools.chain(module.parameters(), module.buffers()):
         t.data = t.data.clone(memory_format=torch.channels_last if t.ndim == 4 else torch.contiguous_format)
 
 
+@functools.lru_cache(maxsize=None)
 def _malloc_trim():
     """glibc's ``malloc_trim``, or ``None`` where the C library has none (macOS, musl, Windows)."""
     name = ctypes.util.find_library('c')
