@@ -1,4 +1,4 @@
-"""Give memory that PyTorch freed on the CPU back to the operating system."""
+"""CPU memory: give what PyTorch freed back to the operating system; copy weights so that no file mapping stays resident."""
 from __future__ import annotations
 
 import ctypes
