@@ -1,4 +1,4 @@
-"""CPU memory: give what PyTorch freed back to the operating system; copy weights so that no file mapping stays resident."""
+"""CPU memory: freed memory back to the OS; weight copies that leave no file mapping resident."""
 from __future__ import annotations
 
 import ctypes
