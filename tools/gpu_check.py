@@ -415,7 +415,7 @@ class Check:
             raise StageFailed(f'writing the benchmark weights failed (exit {rc}): {self.assets_log}\n'
                               + self.assets_log.read_text(errors='replace')[-2500:])
 
-    def benchmark_run(self, stage: Stage, name: str, extra: list, deadline: float) -> dict:
+    def benchmark_run(self, name: str, extra: list, deadline: float) -> dict:
         """One tools/benchmark.py run (SD1.5-shaped; tiny in a dry run): its summary, with log and command."""
         if self.dry:
             common = ['--preset', 'tiny', '--assets', self.tiny, '--size', '64', '--iters', '1', '--warmup', '0',
@@ -437,7 +437,7 @@ class Check:
                 'train_step_b2': ['--batch', '2', '--branches', 'gate', '--train-step']
                 + (['--modes', 'gate'] if self.dry else [])}
         for name, extra in runs.items():
-            stage.details[name] = self.benchmark_run(stage, name, extra, deadline)
+            stage.details[name] = self.benchmark_run(name, extra, deadline)
 
     # ------------------------------------------------------------------ (f')
     def levers(self, stage: Stage, deadline: float) -> None:
@@ -454,7 +454,7 @@ class Check:
             extra = ['--batch', '1', '--branches', 'gate', '--modes', 'gate', '--warmup', '1'] + (
                 ['--gate-options', *options] if options else [])
             try:
-                r = self.benchmark_run(stage, f'lever_{name}', extra, deadline)
+                r = self.benchmark_run(f'lever_{name}', extra, deadline)
                 runs[name] = dict(r['gate'], log=r['log'], command=r['command'])
             except (StageFailed, StageTimeout) as error:
                 runs[name] = dict(failed=str(error).splitlines()[0][:300])
