@@ -22,7 +22,7 @@ from mmseg_gate.checkpoint_compat import load_runner_checkpoint
 from mmseg_gate.engine import GATECheckHook
 from mmseg_gate.engine.random_state import (CHECKPOINT_KEY, RandomStateHook, capture_random_state,
                                             restore_random_state)
-from test_tools_e2e import _leaves  # flattens a checkpoint part into (dotted key, leaf) pairs
+from mmseg_gate.testing.checkpoints import leaves  # a checkpoint part as (dotted key, leaf) pairs
 
 MAX_ITERS = 8
 
@@ -90,7 +90,7 @@ def differing(a, b):
     """Names of the tensors of state_dict and optimizer state that differ between two checkpoints."""
     out = []
     for part in ('state_dict', 'optimizer'):
-        flat_a, flat_b = dict(_leaves(a[part], part)), dict(_leaves(b[part], part))
+        flat_a, flat_b = dict(leaves(a[part], part)), dict(leaves(b[part], part))
         assert flat_a.keys() == flat_b.keys()
         out += [k for k in flat_a if not (torch.equal(flat_a[k], flat_b[k]) if torch.is_tensor(flat_a[k])
                                           else flat_a[k] == flat_b[k])]

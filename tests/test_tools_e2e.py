@@ -216,14 +216,9 @@ def test_missing_data_root_fails_fast(workspace):
 
 def killed_config(ws, base, iteration):
     """``base`` plus a hook that SIGKILLs each training process after ``iteration`` (its own hooks kept)."""
-    from mmengine.config import Config
-    hooks = Config.fromfile(base).to_dict().get('custom_hooks', [])
-    path = ws / f'{Path(base).stem}_killed_after_{iteration}.py'
-    path.write_text(f"_base_ = [{base!r}]\n"
-                    "custom_imports = dict(imports=['mmseg_gate', 'mmseg_gate.testing.fault_hooks'], "
-                    "allow_failed_imports=False)\n"
-                    f"custom_hooks = {hooks + [dict(type='KillAfterIteration', iteration=iteration)]!r}\n")
-    return str(path)
+    from mmseg_gate.testing.fault_hooks import config_with_hooks
+    return config_with_hooks(base, ws / f'{Path(base).stem}_killed_after_{iteration}.py',
+                             [dict(type='KillAfterIteration', iteration=iteration)])
 
 
 def logged_losses(log):
@@ -232,38 +227,11 @@ def logged_losses(log):
             for m in re.finditer(r'Iter\(train\) \[\s*(\d+)/\d+\].*?\s(loss: .*)$', log, re.M)}
 
 
-def _leaves(obj, prefix):
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _leaves(v, f'{prefix}.{k}')
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _leaves(v, f'{prefix}.{i}')
-    else:
-        yield prefix, obj
-
-
-def checkpoint_differences(a, b):
-    """``{part: (tensors that differ, tensors, max abs difference)}`` for the state dict and the optimizer
-    state of two checkpoints (non-tensor entries, e.g. learning rates, must be equal)."""
-    from mmseg_gate.checkpoint_compat import load_runner_checkpoint
-    ca, cb = (load_runner_checkpoint(str(p), map_location='cpu') for p in (a, b))
-    out = {}
-    for part in ('state_dict', 'optimizer'):
-        la, lb = dict(_leaves(ca[part], part)), dict(_leaves(cb[part], part))
-        assert la.keys() == lb.keys(), part
-        tensors = [k for k in la if torch.is_tensor(la[k])]
-        assert {k: la[k] for k in la if k not in tensors} == {k: lb[k] for k in lb if k not in tensors}, part
-        diff = [k for k in tensors if not torch.equal(la[k], lb[k])]
-        worst = max([(la[k].double() - lb[k].double()).abs().max().item() for k in diff if la[k].numel()], default=0.0)
-        out[part] = (len(diff), len(tensors), worst)
-    return out
-
-
 def assert_resumed_exactly(full_dir, part_dir, last, full_log, resumed_log, killed_log, resumed_from):
     assert 'random state restored' in resumed_log, resumed_log[-3000:]
+    from mmseg_gate.testing.checkpoints import checkpoint_differences
     diffs = checkpoint_differences(full_dir / f'iter_{last}.pth', part_dir / f'iter_{last}.pth')
-    assert all(n == 0 for n, _, _ in diffs.values()), diffs
+    assert all(d['differ'] == 0 for d in diffs.values()), diffs  # keys, tensors and other entries
     full, resumed, killed = logged_losses(full_log), logged_losses(resumed_log), logged_losses(killed_log)
     assert sorted(full) == list(range(1, last + 1)) and sorted(resumed) == list(range(resumed_from + 1, last + 1))
     assert resumed == {i: full[i] for i in resumed}

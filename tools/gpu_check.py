@@ -357,13 +357,16 @@ class Check:
 
     # ------------------------------------------------------------------ (d)
     def resume(self, stage: Stage, deadline: float) -> None:
+        from mmseg_gate.testing.checkpoints import checkpoint_differences
+        from mmseg_gate.testing.fault_hooks import config_with_hooks
         env = dict(CUBLAS_WORKSPACE_CONFIG=':4096:8')  # what torch's deterministic mode needs for cuBLAS
         options = self.train_options(5, 2) + ['randomness.deterministic=True', 'randomness.seed=0']
         attempts = {}
         for mode in ('strict', 'warn_only'):
-            base = str(DEMO_CONFIG) if mode == 'strict' else with_hooks(self.ws, DEMO_CONFIG, 'warn_only',
-                                                                        [dict(type='DeterministicWarnOnly')])
-            killed = with_hooks(self.ws, base, f'{mode}_killed', [dict(type='KillAfterIteration', iteration=3)])
+            base = str(DEMO_CONFIG) if mode == 'strict' else config_with_hooks(
+                DEMO_CONFIG, self.ws / 'gpu_check_warn_only.py', [dict(type='DeterministicWarnOnly')])
+            killed = config_with_hooks(base, self.ws / f'gpu_check_{mode}_killed.py',
+                                       [dict(type='KillAfterIteration', iteration=3)])
             result = attempts[mode] = {}
             full_dir, part_dir = (fresh(self.ws / 'work_dirs' / f'resume_{mode}_{p}') for p in ('full', 'part'))
             full = self.train_tool(f'resume_{mode}_full', base, full_dir, options, deadline, env=env, check=False)
@@ -497,18 +500,6 @@ def fresh(work_dir: Path) -> Path:
     return work_dir
 
 
-def with_hooks(ws: Path, base, name: str, hooks: list) -> str:
-    """A config: ``base`` plus ``hooks`` (after its own custom hooks) from :mod:`mmseg_gate.testing.fault_hooks`."""
-    from mmengine.config import Config
-    own = Config.fromfile(str(base)).to_dict().get('custom_hooks', [])
-    path = ws / f'gpu_check_{name}.py'
-    path.write_text(f"_base_ = [{str(base)!r}]\n"
-                    "custom_imports = dict(imports=['mmseg_gate', 'mmseg_gate.testing.fault_hooks'], "
-                    "allow_failed_imports=False)\n"
-                    f"custom_hooks = {own + hooks!r}\n")
-    return str(path)
-
-
 def logged_losses(log: str, by_iteration: bool = False):
     """The losses of mmengine's log lines: a list in iteration order, or ``{iteration: loss}``."""
     found = {int(i): float(v) for i, v in LOSS_LINE.findall(log)}
@@ -518,37 +509,6 @@ def logged_losses(log: str, by_iteration: bool = False):
 def last_error(log: str) -> str:
     lines = [ln for ln in log.strip().splitlines() if re.match(r'\w*(Error|Exception)\b', ln.strip())]
     return (lines[-1] if lines else log.strip().splitlines()[-1] if log.strip() else '')[:500]
-
-
-def _leaves(obj, prefix: str):
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _leaves(v, f'{prefix}.{k}')
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _leaves(v, f'{prefix}.{i}')
-    else:
-        yield prefix, obj
-
-
-def checkpoint_differences(a: Path, b: Path) -> dict:
-    """``{part: dict(differ, tensors, max_abs)}`` of the state dict and optimizer state of two Runner checkpoints."""
-    import torch
-    from mmseg_gate.checkpoint_compat import load_runner_checkpoint
-    ca, cb = (load_runner_checkpoint(str(p), map_location='cpu') for p in (a, b))
-    out = {}
-    for part in ('state_dict', 'optimizer'):
-        la, lb = dict(_leaves(ca[part], part)), dict(_leaves(cb[part], part))
-        if la.keys() != lb.keys():
-            out[part] = dict(differ=-1, tensors=len(la), max_abs=None, note='different keys')
-            continue
-        tensors = [k for k in la if torch.is_tensor(la[k])]
-        diff = [k for k in tensors if not torch.equal(la[k], lb[k])]
-        diff += [k for k in la if k not in tensors and la[k] != lb[k]]
-        worst = max([(la[k].double() - lb[k].double()).abs().max().item() for k in diff
-                     if k in tensors and la[k].numel() and la[k].is_floating_point()], default=0.0)
-        out[part] = dict(differ=len(diff), tensors=len(tensors), max_abs=worst, first=diff[:3])
-    return out
 
 
 def checkpoint_summary(path: Path) -> dict:
@@ -587,7 +547,8 @@ def junit(path: Path) -> dict:
 
 
 def summarize_benchmark(r: dict) -> dict:
-    keep = ('warmup_s', 's_per_iter', 'images_per_s', 'peak_mem_mb', 'frozen_params_m', 'trainable_checkpoint_mb', 'stages_ms')
+    keep = ('warmup_s', 's_per_iter', 'images_per_s', 'peak_mem_mb', 'frozen_params_m', 'trainable_checkpoint_mb',
+            'stages_ms')
     out = {mode: {k: r[mode][k] for k in keep if k in r[mode]} for mode in ('reference', 'gate') if mode in r}
     out.update({k: r[k] for k in ('speedup', 'mem_ratio', 'max_abs_diff', 'max_abs_feature') if k in r})
     return out
