@@ -84,9 +84,10 @@ class SpeedLevers:
         compiled = 0
         if self.compile_kwargs is not None:
             compiled = compile_repeated_blocks(sd.denoiser, sd.family.repeated_blocks, **self.compile_kwargs)
-        if self.describe():  # the first forward pays a compilation: say why it is slow
-            print_log(f'speed levers on: {self.describe()}' + (f' ({compiled} denoiser blocks compiled)' if compiled
-                                                               else ''), 'current')
+        on = self.describe()
+        if on:  # the first forward pays a compilation: say why it is slow
+            print_log(f'speed levers on: {on}' + (f' ({compiled} denoiser blocks compiled)' if compiled else ''),
+                      'current')
 
     @contextlib.contextmanager
     def context(self, device: torch.device) -> Iterator[None]:
